@@ -1,0 +1,42 @@
+# Makefile - the menu. `make` alone lists what you can do.
+#
+# Run the reader first, then the writer, in two terminals:
+#     make run-a                  make run-b
+# Options pass through ARGS, e.g. make run-a ARGS="--proj-id 0x47 --size 8192"
+# (watch and clean take the key options only: --path and --proj-id).
+
+PYTHON ?= python3
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run-a run-b demo test bench watch clean
+
+help: ## list the targets
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-7s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+run-a: ## start the reader, processa (first, in one terminal)
+	$(PYTHON) processa.py $(ARGS)
+
+run-b: ## start the writer, processb (in a second terminal), and type lines
+	$(PYTHON) processb.py $(ARGS)
+
+demo: ## both in this shell: three lines through the segment, ipcs -m while attached
+	@$(PYTHON) processa.py -q & \
+	key=$$($(PYTHON) shmm.py key -q); \
+	{ printf '%s\n' 'hello, shared memory' '你好，共享内存' ''; \
+	  for i in $$(seq 100); do ipcs -m | grep -q "^$$key .* 2 " && break; sleep 0.1; done; \
+	  ipcs -m | sed -n "3p;/^$$key/p" >&2; echo bye; } | $(PYTHON) processb.py -q; \
+	wait; echo "after both ended:"; ipcs -m | sed -n "3p;/^$$key/p"
+
+test: ## run the test suite against the real system (ipcs, /proc/sysvipc/shm)
+	./test_shm.sh
+
+bench: ## measure the channel against os.pipe and multiprocessing.shared_memory
+	$(PYTHON) bench_shm.py
+
+watch: ## the tutorial's loop: ipcs -m once a second, our key only (Ctrl-C stops)
+	@key=$$($(PYTHON) shmm.py key -q $(ARGS)) && \
+	while :; do ipcs -m | sed -n "3p;/^$$key/p"; sleep 1; done
+
+clean: ## remove the segment and FIFOs a crashed processa left at our key
+	$(PYTHON) shmm.py clean $(ARGS)

@@ -1,0 +1,1065 @@
+"""shmm.py - System V shared memory from Python, one system call at a time.
+
+This file is the library behind processa.py (the reader, started first) and
+processb.py (the writer). Read it top to bottom: each section introduces one
+idea and uses nothing from the sections below it.
+
+    1. libc through ctypes         the C calls, declared once
+    2. errors the user reads       one line and an exit code, never a traceback
+    3. the key                     ftok(3)
+    4. create or find              shmget(2)
+    5. look at it                  shmctl(2) IPC_STAT, struct shmid_ds
+    6. map and unmap               shmat(2), shmdt(2)
+    7. remove                      shmctl(2) IPC_RMID
+    8. the segment as one object   Segment, a context manager
+    9. the message layout          a header, then slots of frames
+   10. a segment left behind       what a crash leaves, and when to remove it
+   11. the FIFOs                   how each side learns "a slot is full/free"
+   12. sending and receiving       Writer and Reader
+   13. signals and cleanup         Ctrl-C never leaves a segment behind
+   14. for the programs            logging and command-line options
+   15. the command line            python3 shmm.py key|ls|stat|rm|clean
+
+It is also a small ipcs/ipcrm built on the same calls:
+
+    $ python3 shmm.py key                # our key, as ipcs prints it
+    0x46010004
+    $ python3 shmm.py ls                 # like ipcs -m
+    $ python3 shmm.py stat 3             # like ipcs -m -i 3
+    $ python3 shmm.py rm 3               # like ipcrm -m 3 (--key KEY: ipcrm -M)
+    $ python3 shmm.py clean              # remove what a crashed pair left at our key
+
+Man pages: svipc(7), ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2),
+fifo(7), flock(2), ipcs(1), ipcrm(1).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import pwd
+import signal
+import stat
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import comm
+from comm import ExitCode
+
+log = logging.getLogger("shmm")
+
+# --- 1. libc through ctypes -------------------------------------------------
+#
+# CDLL(None) is the C library the interpreter is already linked with, found
+# the way dlopen(NULL) finds it. use_errno=True makes ctypes save errno right
+# after each call, where ctypes.get_errno() reads it; without it, errno is
+# whatever later calls left there, often 0, and a failure reads "Success".
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+# The numbers from <sys/ipc.h> and <sys/shm.h>, as Linux defines them.
+IPC_PRIVATE = 0          # key: a new segment that only its shmid can find
+IPC_CREAT = 0o1000       # shmget flag: create a segment if the key has none
+IPC_EXCL = 0o2000        # shmget flag: with IPC_CREAT, fail (EEXIST) if it has one
+SHM_RDONLY = 0o10000     # shmat flag: map the segment read-only
+IPC_RMID = 0             # shmctl command: remove once the last process detaches
+IPC_STAT = 2             # shmctl command: copy the kernel's struct shmid_ds out
+SHM_INFO = 14            # shmctl command: system totals; returns the highest index
+SHM_STAT_ANY = 15        # shmctl command: IPC_STAT by index, without the read check
+SHM_DEST = 0o1000        # mode bit: removal requested, waiting for the last detach
+SHM_LOCKED = 0o2000      # mode bit: locked in memory with SHM_LOCK
+COMMANDS = {IPC_RMID: "IPC_RMID", IPC_STAT: "IPC_STAT", SHM_INFO: "SHM_INFO",
+            SHM_STAT_ANY: "SHM_STAT_ANY"}
+
+
+def declare(name: str, restype: Any, failed: Any, **params: Any) -> Any:
+    """Declare libc's function `name` once: its parameters, named as in its man
+    page, its return type, and the return value that means failure."""
+    function = getattr(libc, name)
+    function.argtypes = list(params.values())
+    function.restype = restype
+
+    def check(result: Any, _function: Any, arguments: tuple) -> Any:
+        # Compare with the exact failure value of the man page's RETURN VALUE
+        # section, and read errno at once, before anything else can change it.
+        if result == failed:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), show_call(name, params, arguments))
+        return result
+
+    function.errcheck = check
+    return function
+
+
+def show_call(name: str, params: dict, arguments: tuple) -> str:
+    """Write a call the way a C programmer would, to say which one failed."""
+    shown = (f"{param}={show_argument(param, value)}" for param, value in zip(params, arguments))
+    return f"{name}({', '.join(shown)})"
+
+
+def show_argument(param: str, value: Any) -> str:
+    """Show one argument: keys and addresses in hex, flags by name, modes in octal."""
+    if param == "pathname":
+        return repr(os.fsdecode(value))
+    if param == "key":
+        return show_key(value)
+    if param in ("proj_id", "shmaddr"):
+        return hex(value) if value else "NULL"
+    if param == "shmflg":
+        return show_flags(value)
+    if param == "cmd":
+        return COMMANDS.get(value, str(value))
+    if param == "buf":
+        return "&buf" if value is not None else "NULL"
+    return str(value)
+
+
+def show_key(key: int) -> str:
+    """Show a key as ipcs does: 0x and eight hex digits, even when key_t is negative."""
+    return f"0x{key & 0xFFFFFFFF:08x}"
+
+
+def show_flags(flags: int) -> str:
+    """Show shmget or shmat flags as IPC_CREAT|IPC_EXCL|0600."""
+    names = [name for name, bit in (("IPC_CREAT", IPC_CREAT), ("IPC_EXCL", IPC_EXCL),
+                                    ("SHM_RDONLY", SHM_RDONLY)) if flags & bit]
+    return "|".join(names + [show_mode(flags & 0o777)])
+
+
+def show_mode(mode: int) -> str:
+    """Show permission bits as C's %#o does: 0600, 01600, or 0."""
+    return f"0{mode:o}" if mode else "0"
+
+
+# --- 2. Errors the user reads -------------------------------------------------
+#
+# A failed call raises OSError at once (above), with the call and its
+# arguments as the "filename". The programs turn it into one line on stderr;
+# where we know what went wrong, we raise Refused instead, with a sentence
+# saying what to do and the exit code for it.
+
+
+class Refused(Exception):
+    """A one-line explanation for the user and the exit code that goes with it."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PeerGone(Refused):
+    """The process at the other end went away in mid-conversation."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.PEER_GONE, message)
+
+
+class CorruptFrame(Refused):
+    """A frame header in the segment failed a check: never read past it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.CORRUPT, message)
+
+
+def describe(err: OSError) -> str:
+    """Say what failed and why: 'shmget(key=0x46010004, ...): EEXIST (File exists)'."""
+    name = errno.errorcode.get(err.errno or 0, f"errno {err.errno}")
+    what = err.filename if err.filename is not None else "a system call"
+    return f"{what}: {name} ({err.strerror})"
+
+
+# --- 3. The key: ftok(3) ------------------------------------------------------
+#
+# Both processes need the same key without talking first. ftok(3) derives it
+# from a file that both can stat and a project id. glibc's formula:
+#
+#     key = (proj_id & 0xff) << 24 | (st_dev & 0xff) << 16 | (st_ino & 0xffff)
+#
+# Limits, stated where they bite: only 8 bits of the project id, 8 of the
+# device and 16 of the inode survive, so two files can give the same key
+# (then shmget finds someone else's segment: section 10 tells them apart);
+# and a file that is deleted and re-created gets a new inode, so a new key.
+#
+# ftok returns a key_t, a signed int. With a project id of 0x80 or more the top
+# bit is set and the key is negative, yet valid: only -1 means failure. The
+# tutorial tested `< 0`, rejected its key 0x9400....., and printed errno,
+# which nobody had set: "filed ftok:Success".
+
+ftok = declare("ftok", ctypes.c_int, -1, pathname=ctypes.c_char_p, proj_id=ctypes.c_int)
+
+
+def make_key(path: str, proj_id: int) -> int:
+    """Return the key that ftok(3) derives from path and proj_id."""
+    return ftok(os.fsencode(path), proj_id)
+
+
+def ftok_formula(path: str, proj_id: int) -> str:
+    """Spell out how glibc built the key for path and proj_id, from stat(2)."""
+    st = os.stat(path)
+    return (f"proj_id {proj_id & 0xFF:#04x} << 24 | st_dev {st.st_dev & 0xFF:#04x} << 16"
+            f" | st_ino {st.st_ino & 0xFFFF:#06x}")
+
+
+# --- 4. Create or find: shmget(2) ---------------------------------------------
+#
+# shmget(key, size, shmflg) returns a shmid: the key is the name the kernel
+# files the segment under, the shmid is the handle every later call takes
+# (and the number ipcs and ipcrm show). It is called in two ways:
+#
+#   create: IPC_CREAT | IPC_EXCL | mode. A new segment or EEXIST, never
+#           someone else's old one, which could still be in use. mode gives
+#           the permission bits; without it they are 0, as in the tutorial.
+#           The size is rounded up to whole pages: 4097 bytes take two.
+#   find:   flags 0. An existing segment or ENOENT, never a new one; the
+#           tutorial's writer passed IPC_CREAT and, started first, made a
+#           segment with mode 0. A size larger than the segment's is EINVAL;
+#           0 accepts any size.
+
+shmget = declare("shmget", ctypes.c_int, -1,
+                 key=ctypes.c_int, size=ctypes.c_size_t, shmflg=ctypes.c_int)
+
+# --- 5. Look at it: shmctl(2) IPC_STAT ------------------------------------------
+#
+# shmctl(shmid, IPC_STAT, &buf) copies the kernel's description of a segment
+# into a struct shmid_ds; this is what ipcs prints. Layouts for 64-bit Linux
+# (x86_64 and aarch64 agree); the asserts stop us on anything else.
+
+
+class ipc_perm(ctypes.Structure):
+    """struct ipc_perm: who owns a segment and who may use it."""
+
+    _fields_ = [
+        ("key", ctypes.c_int),          # __key: the key given to shmget; 0 once removed
+        ("uid", ctypes.c_uint),         # owner's user id
+        ("gid", ctypes.c_uint),         # owner's group id
+        ("cuid", ctypes.c_uint),        # creator's user id
+        ("cgid", ctypes.c_uint),        # creator's group id
+        ("mode", ctypes.c_uint),        # permission bits | SHM_DEST | SHM_LOCKED
+        ("seq", ctypes.c_ushort),       # __seq: reuse count of the slot, part of shmid
+        ("pad", ctypes.c_ushort),       # __pad2
+        ("reserved1", ctypes.c_ulong),  # __glibc_reserved1
+        ("reserved2", ctypes.c_ulong),  # __glibc_reserved2
+    ]
+
+
+class shmid_ds(ctypes.Structure):
+    """struct shmid_ds: one segment as the kernel sees it."""
+
+    _fields_ = [
+        ("shm_perm", ipc_perm),          # ownership and permissions
+        ("shm_segsz", ctypes.c_size_t),  # size in bytes, as asked (not rounded)
+        ("shm_atime", ctypes.c_long),    # last shmat, seconds since the epoch; 0: never
+        ("shm_dtime", ctypes.c_long),    # last shmdt; 0: never
+        ("shm_ctime", ctypes.c_long),    # creation or last IPC_SET
+        ("shm_cpid", ctypes.c_int),      # pid of the creator
+        ("shm_lpid", ctypes.c_int),      # pid of the last shmat or shmdt
+        ("shm_nattch", ctypes.c_ulong),  # processes attached right now
+        ("reserved5", ctypes.c_ulong),   # __glibc_reserved5
+        ("reserved6", ctypes.c_ulong),   # __glibc_reserved6
+    ]
+
+
+assert ctypes.sizeof(ipc_perm) == 48, "struct ipc_perm is 48 bytes on 64-bit Linux"
+assert ctypes.sizeof(shmid_ds) == 112, "struct shmid_ds is 112 bytes on 64-bit Linux"
+
+shmctl = declare("shmctl", ctypes.c_int, -1,
+                 shmid=ctypes.c_int, cmd=ctypes.c_int, buf=ctypes.POINTER(shmid_ds))
+
+# --- 6. Map and unmap: shmat(2), shmdt(2) -----------------------------------------
+#
+# shmat maps the segment into our address space and returns where; shmaddr
+# NULL lets the kernel choose. From then on, reading and writing it are plain
+# memory accesses, with no system call and no copy through the kernel: that
+# is the point of shared memory. nattch counts the processes attached.
+#
+# shmat returns a pointer, so its restype must be c_void_p (an int would cut
+# the address to 32 bits), and it fails with (void *) -1, not NULL. shmdt
+# returns an int, 0 or -1.
+
+shmat = declare("shmat", ctypes.c_void_p, ctypes.c_void_p(-1).value,
+                shmid=ctypes.c_int, shmaddr=ctypes.c_void_p, shmflg=ctypes.c_int)
+shmdt = declare("shmdt", ctypes.c_int, -1, shmaddr=ctypes.c_void_p)
+
+# --- 7. Remove: shmctl(2) IPC_RMID ----------------------------------------------
+#
+# A segment outlives the processes that use it: it stays until someone
+# removes it (or the machine reboots), which is why the tutorial's second run
+# failed with EEXIST. shmctl(shmid, IPC_RMID, NULL) removes it. If processes
+# are still attached, the kernel only marks it (SHM_DEST, "dest" in ipcs) and
+# sets its key to IPC_PRIVATE, so nobody new can find it; the memory goes when
+# the last one detaches. We could mark it right after creating it, so that
+# even a crash frees it, but then processb could not find it by its key.
+# Only the creator (or the owner, or root) may remove a segment.
+
+# --- 8. The segment as one object -------------------------------------------------
+
+
+class Segment(contextlib.AbstractContextManager):
+    """A segment known by its shmid. Make one with create() or find(), then
+    attach(), detach(), remove(). As a context manager it detaches on exit,
+    and also removes the segment if this process created it."""
+
+    def __init__(self, shmid: int, key: int, created: bool) -> None:
+        self.shmid = shmid
+        self.key = key
+        self.created = created                # only the creator removes
+        self.address: int | None = None       # where shmat mapped it
+        self.memory: memoryview | None = None  # the mapped bytes
+
+    @classmethod
+    def create(cls, key: int, size: int, mode: int) -> Segment:
+        """Create a new segment at key; FileExistsError if the key has one."""
+        return cls(shmget(key, size, IPC_CREAT | IPC_EXCL | mode), key, created=True)
+
+    @classmethod
+    def find(cls, key: int, size: int = 0) -> Segment:
+        """Find the segment at key; FileNotFoundError if there is none."""
+        return cls(shmget(key, size, 0), key, created=False)
+
+    def status(self) -> shmid_ds:
+        """Return the kernel's struct shmid_ds for this segment (IPC_STAT)."""
+        status = shmid_ds()
+        shmctl(self.shmid, IPC_STAT, ctypes.byref(status))
+        return status
+
+    def attach(self, readonly: bool = False) -> memoryview:
+        """Map the segment and return its bytes as a memoryview."""
+        size = self.status().shm_segsz
+        self.address = shmat(self.shmid, None, SHM_RDONLY if readonly else 0)
+        memory = memoryview((ctypes.c_char * size).from_address(self.address)).cast("B")
+        self.memory = memory.toreadonly() if readonly else memory
+        return self.memory
+
+    def detach(self) -> None:
+        """Unmap the segment. Views of its memory must not be used after this."""
+        assert self.memory is not None and self.address is not None, "not attached"
+        self.memory.release()
+        self.memory = None
+        shmdt(self.address)
+        self.address = None
+
+    def remove(self) -> None:
+        """Ask the kernel to remove the segment once the last process detaches."""
+        shmctl(self.shmid, IPC_RMID, None)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.address is not None:
+            self.detach()
+        if self.created:
+            self.remove_unless_gone()
+
+    def remove_unless_gone(self) -> None:
+        """Remove the segment, warning (not failing) if someone removed it first."""
+        try:
+            self.remove()
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.EIDRM):
+                raise
+            log.warning("shmid %d was already removed by someone else (ipcrm?)", self.shmid)
+
+
+# --- 9. The message layout ---------------------------------------------------------
+#
+# The tutorial's segment held one C string: no length, no way to send more
+# than 4096 bytes, no way to tell our segment from anyone else's. Ours starts
+# with a header and is cut into slots of equal size; each slot holds one
+# frame: a frame header, then up to `capacity` bytes of the message.
+#
+#   offset 0           64                  64 + slot_size
+#   +------------------+-------------------+-------------------+----
+#   | segment header   | slot 0            | slot 1            | ...
+#   +------------------+-------------------+-------------------+----
+#                      | frame header | payload ...            |
+#                      0              64                       slot_size
+#
+#   segment header (HEADER, 64 bytes reserved), written by processa:
+#     magic       8 bytes  b"shmm.py1": this program made it; layout 1
+#     slots       u32      number of slots
+#     slot_size   u32      bytes per slot, frame header included
+#     writer_pid  i32      the processb that holds the channel; 0: none yet
+#   frame header (FRAME, 64 bytes reserved), written by processb:
+#     magic       4 bytes  b"frm1"
+#     length      u32      payload bytes in this frame
+#     flags       u32      MORE: the message goes on in the next frame
+#     seq         u64      frame number, from 0: frame n is in slot n % slots
+#
+# A message longer than one payload travels as several frames, each but the
+# last flagged MORE. The reader checks every frame header (magic, seq, a
+# length that fits the slot) before it touches the payload, so a corrupt or
+# foreign header can never make it read past the end of the segment.
+# Both headers take 64 bytes, one cache line, so every payload starts on a
+# 64-byte boundary, where memcpy runs fastest. Integers are in the machine's
+# own byte order: the segment never leaves this machine.
+
+HEADER = struct.Struct("=8sIIi")  # magic, slots, slot_size, writer_pid
+HEADER_SIZE = 64                  # bytes reserved for it at offset 0
+MAGIC = b"shmm.py1"
+FRAME = struct.Struct("=4sIIQ")   # magic, length, flags, seq
+FRAME_SIZE = 64                   # bytes reserved for it at the start of a slot
+FRAME_MAGIC = b"frm1"
+MORE = 1                          # frame flag: the message continues
+
+
+def slot_size_for(segment_size: int, slots: int) -> int:
+    """Return the size of each slot: the space after the header, shared out and
+    rounded down to whole cache lines."""
+    return (segment_size - HEADER_SIZE) // slots // 64 * 64
+
+
+def smallest_segment(slots: int) -> int:
+    """Return the smallest segment size with room for 64 payload bytes a slot."""
+    return HEADER_SIZE + slots * (FRAME_SIZE + 64)
+
+
+def write_header(memory: memoryview, slots: int) -> int:
+    """Lay out a fresh segment for `slots` slots; return the slot size."""
+    slot_size = slot_size_for(len(memory), slots)
+    HEADER.pack_into(memory, 0, MAGIC, slots, slot_size, 0)
+    return slot_size
+
+
+def read_header(memory: memoryview) -> tuple[int, int, int]:
+    """Return (slots, slot_size, writer_pid) from a segment processa laid out."""
+    magic, slots, slot_size, writer_pid = HEADER.unpack_from(memory, 0)
+    if magic != MAGIC:
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"the segment has no {MAGIC.decode()} header (it starts with {magic!r}):"
+                      " it was not made by processa; pick another key with --proj-id")
+    if slots < 1 or slot_size < FRAME_SIZE + 1 or HEADER_SIZE + slots * slot_size > len(memory):
+        raise CorruptFrame(f"the segment header says {slots} slots of {slot_size} bytes,"
+                           f" which do not fit in its {len(memory)} bytes")
+    return slots, slot_size, writer_pid
+
+
+def claim_header(memory: memoryview, writer_pid: int) -> None:
+    """Record in the header which processb holds the writing end."""
+    magic, slots, slot_size, _ = HEADER.unpack_from(memory, 0)
+    HEADER.pack_into(memory, 0, magic, slots, slot_size, writer_pid)
+
+
+# --- 10. A segment left behind -------------------------------------------------------
+#
+# kill -9, a power cut or a bug can end processa before it removes its
+# segment; the next processa then meets EEXIST at its key. PostgreSQL's
+# sysv_shmem.c shows how to decide what to do: read the segment's nattch
+# (without attaching, which would change it) and look for our own magic.
+#
+#   nattch > 0                 somebody uses it: never touch it
+#   nattch 0, our magic        a crashed processa's: remove it and go on
+#   nattch 0, all zeros        a processa killed between shmget and writing
+#                              its header: ours as well, remove it
+#   anything else              not ours: refuse, and say how to pick a key
+#
+# We do not ask whether the creator's pid is still alive: pids are reused,
+# which is why PostgreSQL dropped that test. Two processa racing here is
+# safe: one removes the segment, the other fails to (EINVAL or EIDRM) and
+# then finds the first one's new segment attached.
+
+
+def remove_leftover(key: int) -> int:
+    """Remove the segment a crashed processa left at key and return its shmid;
+    raise Refused if it is in use or not ours."""
+    segment = Segment.find(key)
+    try:
+        status = segment.status()
+    except PermissionError:
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"key {show_key(key)} has shmid {segment.shmid}, which belongs to"
+                      " another user; pick another key with --proj-id or --path") from None
+    if status.shm_nattch:
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"key {show_key(key)} is in use: shmid {segment.shmid} has"
+                      f" {status.shm_nattch} process(es) attached (created by pid"
+                      f" {status.shm_cpid}). Is processa already running? Stop it, or"
+                      " pick another key with --proj-id")
+    with segment:
+        start = bytes(segment.attach(readonly=True)[:HEADER_SIZE])
+    if not start.startswith(MAGIC) and start != bytes(HEADER_SIZE):
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"key {show_key(key)} has shmid {segment.shmid}, which processa did"
+                      " not make; pick another key with --proj-id or --path (or, if you"
+                      f" know it is unused, remove it with: ipcrm -m {segment.shmid})")
+    segment.remove()
+    return segment.shmid
+
+
+def create_segment(key: int, size: int, mode: int) -> Segment:
+    """Create the segment at key, first removing one a crashed processa left there."""
+    try:
+        return Segment.create(key, size, mode)
+    except FileExistsError:
+        shmid = remove_leftover(key)
+        log.warning("removed shmid %d, left at key %s by a processa that did not clean up",
+                    shmid, show_key(key))
+    return Segment.create(key, size, mode)
+
+
+# --- 11. The FIFOs -----------------------------------------------------------------
+#
+# Shared memory has no notion of "a message is ready": the tutorial's first
+# reader printed the segment every second, repeating some messages and
+# missing others. Its last section added a FIFO: the writer fills the
+# segment, then writes one byte; the reader blocks in read(2) until that byte
+# comes. That stops the repeats but not the losses: nothing stops the writer
+# from overwriting the segment before the reader has printed it, and with
+# input piped in, it will (fgets is much faster than printf to a terminal).
+#
+# So we use two FIFOs, as counting semaphores:
+#   notify  (processb -> processa)  each byte says "one more slot is full"
+#   ack     (processa -> processb)  each byte says "one more slot is free"
+# The writer never fills a slot the reader has not freed; with one slot this
+# is the strict lock-step of the tutorial, completed. The write(2) and read(2)
+# on the FIFO also order the memory accesses: the reader cannot see the byte
+# before the frame it announces.
+#
+# processa makes the FIFOs in /tmp/shmm-UID, a directory that only its own
+# user can write, named after the key, so that processb finds them from the
+# key alone, from any directory, and nobody else can replace them. /tmp is
+# open to all, so the directory is checked: ours, mode 0700, not a symlink. Closing a FIFO is also how each side learns that the
+# other has gone: read(2) returns 0 (end of file), write(2) fails with EPIPE.
+
+
+def fifo_directory() -> str:
+    """Return the directory where this user's FIFOs live."""
+    return comm.FIFO_DIR.format(uid=os.getuid())
+
+
+def fifo_paths(key: int) -> tuple[str, str]:
+    """Return the paths of the notify and ack FIFOs for key."""
+    directory = fifo_directory()
+    return (os.path.join(directory, comm.NOTIFY_FIFO.format(key=show_key(key))),
+            os.path.join(directory, comm.ACK_FIFO.format(key=show_key(key))))
+
+
+def check_private(directory: str) -> None:
+    """Refuse a FIFO directory that is a symlink, not ours, or open to others."""
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise Refused(ExitCode.FAILURE,
+                      f"{directory} must be a directory of uid {os.getuid()} with mode 0700"
+                      f" (it is uid {info.st_uid}, mode {stat.filemode(info.st_mode)});"
+                      " someone else may have made it: look at it, and remove it")
+
+
+@contextlib.contextmanager
+def fifos(key: int) -> Iterator[tuple[str, str]]:
+    """Make the notify and ack FIFOs for key; remove them when the block ends."""
+    directory = fifo_directory()
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    check_private(directory)
+    made = []
+    try:
+        for path in fifo_paths(key):
+            make_fifo(path)
+            made.append(path)
+        yield fifo_paths(key)
+    finally:
+        for path in made:
+            os.unlink(path)
+
+
+def make_fifo(path: str) -> None:
+    """Make a FIFO at path, replacing one a crashed processa left there."""
+    try:
+        os.mkfifo(path, comm.FIFO_MODE)
+    except FileExistsError:
+        log.warning("replacing %s, left by a processa that did not clean up", path)
+        os.unlink(path)
+        os.mkfifo(path, comm.FIFO_MODE)
+
+
+def connect_writer(key: int) -> tuple[int, int]:
+    """Open processa's FIFOs as the writer, without waiting: return (notify_fd,
+    ack_fd), or raise FileNotFoundError or ENXIO while processa is not there."""
+    notify_path, ack_path = fifo_paths(key)
+    check_private(os.path.dirname(notify_path))
+    # Opening for reading with O_NONBLOCK always succeeds; processa, blocked
+    # in opening the ack FIFO for writing, goes on once we have it open.
+    ack_fd = os.open(ack_path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        # Opening for writing with O_NONBLOCK fails with ENXIO unless a reader
+        # has the FIFO open: so success means processa is alive and listening.
+        notify_fd = os.open(notify_path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        os.close(ack_fd)
+        raise
+    os.set_blocking(ack_fd, True)
+    os.set_blocking(notify_fd, True)
+    return notify_fd, ack_fd
+
+
+# --- 12. Sending and receiving ---------------------------------------------------
+#
+# Both ends walk the slots in the same order: frame n lives in slot
+# n % slots. The writer keeps a count of free slots; it fills one, writes a
+# byte to notify, and only when none is free does it wait for acks. The
+# reader reads all the bytes waiting on notify in one read(2), hands each
+# announced frame over, then frees them all with one write(2) to ack.
+
+
+class Ring:
+    """The slots of a segment, taken in turn."""
+
+    def __init__(self, memory: memoryview, slots: int, slot_size: int,
+                 notify_fd: int, ack_fd: int) -> None:
+        self.memory = memory
+        self.slots = slots
+        self.slot_size = slot_size
+        self.capacity = slot_size - FRAME_SIZE  # payload bytes per frame
+        self.notify_fd = notify_fd
+        self.ack_fd = ack_fd
+        self.seq = 0              # number of the next frame
+        self.in_message = False   # the last frame said MORE
+        self.messages = 0         # whole messages so far
+
+    def slot(self, seq: int) -> int:
+        """Return the offset of the slot that holds frame seq."""
+        return HEADER_SIZE + (seq % self.slots) * self.slot_size
+
+
+class Writer(Ring):
+    """processb's end: put messages into slots and announce them."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.free = self.slots    # slots the reader has handed back
+
+    def send(self, data: bytes | memoryview, more: bool = False) -> None:
+        """Send data as a message, or as part of one when more is True."""
+        view = memoryview(data)
+        for start in range(0, max(len(view), 1), self.capacity):
+            piece = view[start:start + self.capacity]
+            self._put(piece, more or start + self.capacity < len(view))
+
+    def close(self) -> None:
+        """End a message left open, then wait until the reader has taken every frame."""
+        if self.in_message:
+            self._put(memoryview(b""), more=False)
+        while self.free < self.slots:
+            self._collect_acks()
+
+    def _put(self, piece: memoryview, more: bool) -> None:
+        """Copy one frame into the next slot and announce it."""
+        if self.free == 0:
+            self._collect_acks()
+        start = self.slot(self.seq)
+        self.memory[start + FRAME_SIZE:start + FRAME_SIZE + len(piece)] = piece
+        FRAME.pack_into(self.memory, start, FRAME_MAGIC, len(piece), MORE if more else 0, self.seq)
+        try:
+            os.write(self.notify_fd, b"!")
+        except BrokenPipeError:
+            raise PeerGone("processa has gone away (the notify FIFO has no reader)") from None
+        self.seq += 1
+        self.free -= 1
+        self.in_message = more
+        self.messages += not more
+
+    def _collect_acks(self) -> None:
+        """Wait for the reader to free at least one slot; take every ack waiting."""
+        acks = os.read(self.ack_fd, self.slots)
+        if not acks:
+            raise PeerGone("processa has gone away (it closed the ack FIFO)")
+        self.free += len(acks)
+
+
+class Reader(Ring):
+    """processa's end: take announced frames out of their slots, in order."""
+
+    def receive(self, deliver: Callable[[memoryview, bool], None]) -> None:
+        """Call deliver(payload, more) for each frame until the writer closes.
+        payload is a view into the segment, valid only during the call."""
+        while True:
+            announced = len(os.read(self.notify_fd, self.slots))
+            if not announced:
+                break
+            for _ in range(announced):
+                with self._frame() as payload:
+                    deliver(payload, self.in_message)
+                self.seq += 1
+                self.messages += not self.in_message
+            self._acknowledge(announced)
+        if self.in_message:
+            raise PeerGone("processb went away in the middle of a message;"
+                           " the part received was not printed")
+
+    def _frame(self) -> memoryview:
+        """Check the header of frame seq and return a view of its payload."""
+        start = self.slot(self.seq)
+        magic, length, flags, seq = FRAME.unpack_from(self.memory, start)
+        if magic != FRAME_MAGIC or seq != self.seq or flags & ~MORE:
+            raise CorruptFrame(f"frame {self.seq} at offset {start} has a bad header"
+                               f" (magic {magic!r}, seq {seq}, flags {flags:#x})")
+        if length > self.capacity:
+            raise CorruptFrame(f"frame {self.seq} claims {length} bytes; its slot holds"
+                               f" {self.capacity}: refusing to read past it")
+        self.in_message = bool(flags & MORE)
+        return self.memory[start + FRAME_SIZE:start + FRAME_SIZE + length]
+
+    def _acknowledge(self, count: int) -> None:
+        """Hand count slots back to the writer."""
+        try:
+            os.write(self.ack_fd, b"." * count)
+        except BrokenPipeError:
+            # A writer that ends cleanly waits for every ack, so it died. The
+            # frames it announced are still in the notify FIFO: keep reading;
+            # end of file will tell whether it left a message half sent.
+            log.warning("processb went away without waiting for its acknowledgements")
+
+
+# --- 13. Signals and cleanup ----------------------------------------------------
+#
+# The creator must remove the segment on every way out: the end of input, an
+# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP). Each of
+# these signals raises Interrupted in the main thread, which interrupts a
+# blocking open(2) or read(2) and unwinds through the `with` blocks that own
+# the segment and the FIFOs. Two gaps remain, and signals_deferred closes
+# them: a signal just after shmget, before the cleanup is registered, and a
+# signal during the cleanup itself. kill -9 cannot be caught: section 10
+# deals with what it leaves.
+#
+# A signal that was ignored when we started stays ignored (nohup, or a
+# background job of a non-interactive shell, which ignores SIGINT): that
+# was the caller's decision.
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived. Like KeyboardInterrupt, not an Exception, so that
+    no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def stop_on_signals() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise Interrupted, unless they are ignored."""
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold stop signals back until the block ends, so that it runs whole."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Cleanup(contextlib.ExitStack):
+    """An ExitStack whose unwinding no signal can cut short."""
+
+    def __exit__(self, *exc_info: object) -> bool:
+        with signals_deferred():
+            return super().__exit__(*exc_info)
+
+
+# --- 14. For the programs: logging and options -------------------------------------
+#
+# The library only logs; each program's main decides where logs go. The
+# tutorial's log.hpp printed `[Info][2024-12-14 19:49:20]::message`; we keep
+# that shape, on stderr, so stdout carries only what the user asked for.
+
+LEVEL_NAMES = {logging.DEBUG: "Debug", logging.INFO: "Info", logging.WARNING: "Warning",
+               logging.ERROR: "Error", logging.CRITICAL: "Fatal"}
+
+
+class TutorialFormatter(logging.Formatter):
+    """Format records as [Info][2026-11-26 20:10:38]::message."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(level)s][%(asctime)s]::%(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.level = LEVEL_NAMES.get(record.levelno, record.levelname)
+        return super().format(record)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Log to stderr: warnings and worse with -q, Info by default, Debug with -v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TutorialFormatter())
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def run(program: str, body: Callable[[], int]) -> int:
+    """Run a program's body; turn each way it can fail into one line and an exit code."""
+    stop_on_signals()
+    try:
+        return body()
+    except Interrupted as stop:
+        log.info("%s: stopped by %s", program, stop)
+        return ExitCode.SIGNALLED + stop.signum
+    except Refused as refusal:
+        log.critical("%s: %s", program, refusal)
+        return refusal.code
+    except OSError as err:
+        log.critical("%s: %s", program, describe(err))
+        return ExitCode.FAILURE
+
+
+def read_kernel_limit(name: str) -> int:
+    """Return a System V limit from /proc/sys/kernel (shmmax, shmall, shmmni)."""
+    with open(f"/proc/sys/kernel/{name}") as limit:
+        return int(limit.read())
+
+
+def proj_id_argument(text: str) -> int:
+    """Parse --proj-id: an int whose low 8 bits, the ones ftok keeps, are not 0."""
+    value = int_argument(text)
+    if not 0 < value <= 0x7FFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 0x7fffffff")
+    if value & 0xFF == 0:
+        raise argparse.ArgumentTypeError(
+            f"ftok(3) keeps only the low 8 bits of the project id, and those of {text}"
+            " are 0; choose one whose last two hex digits are not 00")
+    return value
+
+
+def size_argument(text: str) -> int:
+    """Parse --size: bytes, more than 0 and within shmmax and shmall."""
+    size = int_argument(text)
+    shmmax, shmall = read_kernel_limit("shmmax"), read_kernel_limit("shmall")
+    pages = -(-size // os.sysconf("SC_PAGE_SIZE"))
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: a segment needs at least one byte")
+    if size > shmmax or pages > shmall:
+        raise argparse.ArgumentTypeError(
+            f"{text} bytes is beyond this system's limit (shmmax {shmmax} bytes,"
+            f" shmall {shmall} pages in /proc/sys/kernel)")
+    return size
+
+
+def mode_argument(text: str) -> int:
+    """Parse --mode: octal permission bits, 0 to 0777."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not an octal mode such as 0600") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text} has bits beyond 0777")
+    return mode
+
+
+def int_argument(text: str) -> int:
+    """Parse an integer written in decimal or with a 0x, 0o or 0b prefix."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number") from None
+
+
+def add_key_options(parser: argparse.ArgumentParser) -> None:
+    """Add --path, --proj-id, -v and -q: what every command needs to find the key."""
+    parser.add_argument("--path", default=comm.FTOK_PATH,
+                        help="existing file for ftok(3) (default: this checkout, %(default)s)")
+    parser.add_argument("--proj-id", type=proj_id_argument, default=comm.PROJ_ID, metavar="N",
+                        help="project id for ftok(3); only its low 8 bits count"
+                             f" (default: {comm.PROJ_ID:#x})")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log Debug lines too")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="log warnings only")
+
+
+def add_channel_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options both processa and processb take."""
+    add_key_options(parser)
+    parser.add_argument("--size", type=size_argument, default=comm.SEGMENT_SIZE, metavar="BYTES",
+                        help="segment size in bytes (default: %(default)s)")
+    parser.add_argument("--mode", type=mode_argument, default=comm.SEGMENT_MODE, metavar="OCTAL",
+                        help=f"segment permissions (default: {comm.SEGMENT_MODE:04o})")
+    parser.add_argument("--raw", action="store_true",
+                        help="stream bytes as they are, instead of one message per line")
+
+
+def key_from_arguments(args: argparse.Namespace) -> int:
+    """Make the key from --path and --proj-id, noting when proj_id has extra bits."""
+    if args.proj_id > 0xFF:
+        log.info("note: ftok keeps only the low 8 bits of --proj-id %#x, so the key uses %#04x",
+                 args.proj_id, args.proj_id & 0xFF)
+    try:
+        return make_key(args.path, args.proj_id)
+    except OSError as err:
+        raise Refused(ExitCode.USAGE, f"{describe(err)}: --path must name a file that"
+                      " both processes can stat") from None
+
+
+# --- 15. The command line: a small ipcs and ipcrm -------------------------------
+#
+# ipcs reads /proc/sysvipc/shm when it can. The older route, used below, asks
+# the kernel directly: shmctl(0, SHM_INFO) returns the highest index in use,
+# and shmctl(index, SHM_STAT_ANY) fills a shmid_ds for each index and returns
+# its shmid (SHM_STAT does the same but skips segments we may not read).
+# /proc/sysvipc/shm holds the same facts as text, with two differences: the
+# key is in signed decimal (0x94000004 shows as -1811939324), and perms is
+# the whole mode, SHM_DEST and SHM_LOCKED bits included (1600, not 600).
+
+
+class shm_info(ctypes.Structure):
+    """struct shm_info: what shmctl(SHM_INFO) reports about all segments."""
+
+    _fields_ = [
+        ("used_ids", ctypes.c_int),          # segments that exist
+        ("shm_tot", ctypes.c_ulong),         # pages of shared memory in total
+        ("shm_rss", ctypes.c_ulong),         # pages resident
+        ("shm_swp", ctypes.c_ulong),         # pages swapped out
+        ("swap_attempts", ctypes.c_ulong),   # unused since Linux 2.4
+        ("swap_successes", ctypes.c_ulong),  # unused since Linux 2.4
+    ]
+
+
+def all_segments() -> Iterator[tuple[int, shmid_ds]]:
+    """Yield (shmid, shmid_ds) for every segment on the system, as ipcs -m does."""
+    info = shm_info()
+    highest = shmctl(0, SHM_INFO, ctypes.cast(ctypes.pointer(info), ctypes.POINTER(shmid_ds)))
+    for index in range(highest + 1):
+        status = shmid_ds()
+        try:
+            shmid = shmctl(index, SHM_STAT_ANY, ctypes.byref(status))
+        except OSError as err:
+            if err.errno != errno.EINVAL:  # EINVAL: this index is free
+                raise
+            continue
+        yield shmid, status
+
+
+def user_name(uid: int) -> str:
+    """Return the login name for uid, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def ipcs_line(shmid: int, status: shmid_ds) -> str:
+    """Format one segment in the columns of ipcs -m."""
+    perm = status.shm_perm
+    dest = "dest" if perm.mode & SHM_DEST else " "
+    locked = "locked" if perm.mode & SHM_LOCKED else " "
+    return (f"{show_key(perm.key)} {shmid:<10d} {user_name(perm.uid):<10.10s}"
+            f" {perm.mode & 0o777:<10o} {status.shm_segsz:<10d} {status.shm_nattch:<10d}"
+            f" {dest:<6s} {locked:<6s}")
+
+
+def ipcs_time(seconds: int) -> str:
+    """Format a time as ipcs -i does: ctime(3), or Not set for 0."""
+    return f"{time.ctime(seconds) if seconds else 'Not set':<26.24s}"
+
+
+def command_key(args: argparse.Namespace) -> int:
+    """Print our key as ipcs shows it; -v also spells out the formula."""
+    key = key_from_arguments(args)
+    log.debug("ftok(%r, %#x) = %s = %s", args.path, args.proj_id, show_key(key),
+              ftok_formula(args.path, args.proj_id))
+    print(show_key(key))
+    return ExitCode.OK
+
+
+def command_ls(_args: argparse.Namespace) -> int:
+    """Print every segment in the layout of ipcs -m."""
+    print("\n------ Shared Memory Segments --------")
+    print(f"{'key':<10s} {'shmid':<10s} {'owner':<10s} {'perms':<10s} {'bytes':<10s}"
+          f" {'nattch':<10s} {'status':<12s}")
+    for shmid, status in all_segments():
+        print(ipcs_line(shmid, status))
+    print()
+    return ExitCode.OK
+
+
+def command_stat(args: argparse.Namespace) -> int:
+    """Print every field of one segment's shmid_ds in the layout of ipcs -m -i."""
+    status = Segment(args.shmid, IPC_PRIVATE, created=False).status()
+    perm = status.shm_perm
+    print(f"\nShared memory Segment shmid={args.shmid}")
+    print(f"uid={perm.uid}\tgid={perm.gid}\tcuid={perm.cuid}\tcgid={perm.cgid}")
+    print(f"mode={show_mode(perm.mode)}\taccess_perms={show_mode(perm.mode & 0o777)}")
+    print(f"bytes={status.shm_segsz}\tlpid={status.shm_lpid}\tcpid={status.shm_cpid}"
+          f"\tnattch={status.shm_nattch}")
+    print(f"att_time={ipcs_time(status.shm_atime)}")
+    print(f"det_time={ipcs_time(status.shm_dtime)}")
+    print(f"change_time={ipcs_time(status.shm_ctime)}")
+    print()
+    return ExitCode.OK
+
+
+def command_rm(args: argparse.Namespace) -> int:
+    """Remove segments by shmid (like ipcrm -m) or by key (like ipcrm -M)."""
+    # A segment marked SHM_DEST has key IPC_PRIVATE, so --key cannot find it
+    # any more: only its shmid can, until the last process detaches.
+    failed = False
+    for target in args.shmids or [args.key]:
+        by_key = not args.shmids
+        what = f"key ({show_key(target)})" if by_key else f"id ({target})"
+        try:
+            shmid = Segment.find(target).shmid if by_key else target
+            shmctl(shmid, IPC_RMID, None)
+        except OSError as err:
+            failed = True
+            reason = {errno.EPERM: "permission denied for", errno.EACCES: "permission denied for",
+                      errno.EIDRM: "already removed", errno.ENOENT: "invalid"}
+            log.error("rm: %s %s", reason.get(err.errno or 0, "invalid"), what)
+    return ExitCode.FAILURE if failed else ExitCode.OK
+
+
+def command_clean(args: argparse.Namespace) -> int:
+    """Remove what a crashed processa left at our key: its segment and FIFOs."""
+    key = key_from_arguments(args)
+    try:
+        log.info("removed shmid %d at key %s", remove_leftover(key), show_key(key))
+    except FileNotFoundError:
+        log.info("no segment at key %s", show_key(key))
+    for path in fifo_paths(key):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            log.info("removed FIFO %s", path)
+    return ExitCode.OK
+
+
+def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
+    """Parse `shmm.py SUBCOMMAND ...`; --help prints this module's docstring."""
+    parser = argparse.ArgumentParser(prog="shmm.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    key = commands.add_parser("key", help="print our key as ipcs shows it")
+    add_key_options(key)
+    key.set_defaults(run=command_key)
+    ls = commands.add_parser("ls", help="list every segment, like ipcs -m")
+    ls.set_defaults(run=command_ls, verbose=0, quiet=0)
+    show = commands.add_parser("stat", help="show one segment, like ipcs -m -i SHMID")
+    show.add_argument("shmid", type=int_argument)
+    show.set_defaults(run=command_stat, verbose=0, quiet=0)
+    rm = commands.add_parser("rm", help="remove segments, like ipcrm -m SHMID or -M KEY")
+    target = rm.add_mutually_exclusive_group(required=True)
+    target.add_argument("shmids", type=int_argument, nargs="*", default=[], metavar="SHMID")
+    target.add_argument("--key", type=int_argument, help="remove the segment at this key")
+    rm.set_defaults(run=command_rm, verbose=0, quiet=0)
+    clean = commands.add_parser("clean", help="remove the segment and FIFOs a crash left at our key")
+    add_key_options(clean)
+    clean.set_defaults(run=command_clean)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand of the command line."""
+    args = parse_command_line(argv)
+    configure_logging(args.verbose - args.quiet)
+    return run("shmm.py", lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
