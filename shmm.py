@@ -448,45 +448,62 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 # kill -9, a power cut or a bug can end processa before it removes its
 # segment; the next processa then meets EEXIST at its key. PostgreSQL's
 # sysv_shmem.c shows how to decide what to do: read the segment's nattch
-# (without attaching, which would change it) and look for our own magic.
+# (IPC_STAT does not attach, so does not change it) and look for our magic.
 #
 #   nattch > 0                 somebody uses it: never touch it
 #   nattch 0, our magic        a crashed processa's: remove it and go on
 #   nattch 0, all zeros        a processa killed between shmget and writing
-#                              its header: ours as well, remove it
+#                              its header: ours as well, remove it (unless
+#                              its creator is alive and still setting it up)
 #   anything else              not ours: refuse, and say how to pick a key
 #
-# We do not ask whether the creator's pid is still alive: pids are reused,
-# which is why PostgreSQL dropped that test. Two processa racing here is
-# safe: one removes the segment, the other fails to (EINVAL or EIDRM) and
-# then finds the first one's new segment attached.
+# PostgreSQL dropped "is the creator's pid alive?" as a test of staleness,
+# because pids are reused. We ask it only of an all-zero header, and only to
+# refuse: a reused pid then makes us wait for nothing, never remove a
+# segment in use. Two processa racing here are safe: one removes the
+# segment, the other fails to (EINVAL or EIDRM) and then finds the first
+# one's new segment attached.
 
 
 def remove_leftover(key: int) -> int:
     """Remove the segment a crashed processa left at key and return its shmid;
     raise Refused if it is in use or not ours."""
     segment = Segment.find(key)
+    where = f"key {show_key(key)} has shmid {segment.shmid}"
     try:
         status = segment.status()
     except PermissionError:
-        raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"key {show_key(key)} has shmid {segment.shmid}, which belongs to"
-                      " another user; pick another key with --proj-id or --path") from None
+        raise Refused(ExitCode.SEGMENT_CONFLICT, f"{where}, which belongs to another user;"
+                      " pick another key with --proj-id or --path") from None
     if status.shm_nattch:
         raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"key {show_key(key)} is in use: shmid {segment.shmid} has"
-                      f" {status.shm_nattch} process(es) attached (created by pid"
-                      f" {status.shm_cpid}). Is processa already running? Stop it, or"
+                      f"{where}, in use by {status.shm_nattch} attached process(es), created by"
+                      f" pid {status.shm_cpid}. Is processa already running? Stop it first, or"
                       " pick another key with --proj-id")
     with segment:
         start = bytes(segment.attach(readonly=True)[:HEADER_SIZE])
+    if start == bytes(HEADER_SIZE) and process_exists(status.shm_cpid):
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"{where}, which pid {status.shm_cpid} has just created and is setting"
+                      " up; is another processa starting? Try again in a moment")
     if not start.startswith(MAGIC) and start != bytes(HEADER_SIZE):
         raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"key {show_key(key)} has shmid {segment.shmid}, which processa did"
-                      " not make; pick another key with --proj-id or --path (or, if you"
-                      f" know it is unused, remove it with: ipcrm -m {segment.shmid})")
+                      f"{where}, which processa did not make; pick another key with --proj-id"
+                      " or --path (or, if you know that nobody uses it, remove it with:"
+                      f" ipcrm -m {segment.shmid})")
     segment.remove()
     return segment.shmid
+
+
+def process_exists(pid: int) -> bool:
+    """Tell whether a process with this pid exists (kill(2) with signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, but belongs to someone else
+    return True
 
 
 def create_segment(key: int, size: int, mode: int) -> Segment:
