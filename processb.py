@@ -111,8 +111,9 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
 def wait_for_processa(key: int, args: argparse.Namespace) -> tuple[int, int]:
     """Return (notify_fd, ack_fd) once processa listens at key; give up after --wait."""
     deadline = time.monotonic() + args.wait
-    waiting = False
+    attempt = 0
     while True:
+        attempt += 1
         try:
             find_segment(key, args)  # fails at once if we could never use it
             return shmm.connect_writer(key)
@@ -122,10 +123,11 @@ def wait_for_processa(key: int, args: argparse.Namespace) -> tuple[int, int]:
             log.debug("processa is not listening yet: %s", shmm.describe(err))
         if time.monotonic() >= deadline:
             raise Refused(ExitCode.NO_READER, why_not_listening(key, args.wait))
-        if not waiting:
+        # The first attempt often finds processa between its two open(2)
+        # calls; only when the second fails too are we really waiting.
+        if attempt == 2:
             log.info("waiting up to %g s for processa to listen at key %s", args.wait,
                      show_key(key))
-            waiting = True
         time.sleep(POLL_INTERVAL)
 
 
