@@ -48,6 +48,11 @@ ACK_FIFO = "{key}.ack"          # reader -> writer: one byte per freed slot
 FIFO_MODE = 0o600               # the FIFOs are as private as their directory
 
 
+# The tutorial's own protocol (--seed-protocol), spoken by its a.cc and b.cc:
+SEED_FIFO = "myfifo"            # in the current directory, as the tutorial has it
+SEED_FIFO_MODE = 0o664          # the tutorial's MODE (the umask still applies)
+
+
 # --- 4. Exit codes ------------------------------------------------------------
 
 

@@ -57,6 +57,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.slots < 1:
         parser.error(f"--slots {args.slots}: the segment needs at least one slot")
+    if args.seed_protocol and (args.raw or args.slots != 1):
+        parser.error("--seed-protocol sends lines through one string: no --raw, no --slots")
     if args.size < shmm.smallest_segment(args.slots):
         parser.error(f"--size {args.size} is too small for {args.slots} slot(s): the headers"
                      f" need at least {shmm.smallest_segment(args.slots)} bytes")
@@ -109,38 +111,58 @@ def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Create the segment and the FIFOs, print what processb sends, clean up."""
+    """Create and attach the segment, serve processb, clean up."""
     key = shmm.key_from_arguments(args)
     log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, shmm.show_key(key))
-
     with shmm.Cleanup() as cleanup:
-        # Make the segment and the FIFOs with signals held, so that each is
+        # Create and attach with signals held, so that the segment is
         # registered for removal before a Ctrl-C can stop us.
         with shmm.signals_deferred():
             segment = cleanup.enter_context(shmm.create_segment(key, args.size, args.mode))
             memory = segment.attach()
-            slot_size = shmm.write_header(memory, args.slots)
-            notify_path, ack_path = cleanup.enter_context(shmm.fifos(key))
         log.info("shmget created shmid %d: %d bytes, mode %04o", segment.shmid, args.size,
                  args.mode)
         log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
         log_status(segment)
-
-        # Each open blocks until processb opens the other end: the ack FIFO
-        # first, then notify (processb opens them in the same order).
-        log.info("waiting for processb on %s", notify_path)
-        ack_fd = opened(cleanup, ack_path, os.O_WRONLY)
-        notify_fd = opened(cleanup, notify_path, os.O_RDONLY)
-        log.debug("a writer opened both FIFOs")
-
-        # Print until processb closes the notify FIFO.
-        reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
-        reader.receive(Printer(args.raw))
-        writer_pid = shmm.read_header(memory)[2]
-        log.info("processb (pid %d) closed the channel after %d messages", writer_pid,
-                 reader.messages)
+        serve_protocol = serve_tutorial_protocol if args.seed_protocol else serve_messages
+        serve_protocol(cleanup, key, memory, args)
     log.info("removed the FIFOs, detached and removed shmid %d", segment.shmid)
     return ExitCode.OK
+
+
+def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
+                   args: argparse.Namespace) -> None:
+    """Lay out the slots, make the FIFOs, print what arrives until processb closes."""
+    slot_size = shmm.write_header(memory, args.slots)
+    with shmm.signals_deferred():
+        notify_path, ack_path = cleanup.enter_context(shmm.fifos(key))
+
+    # Each open blocks until processb opens the other end: the ack FIFO
+    # first, then notify (processb opens them in the same order).
+    log.info("waiting for processb on %s", notify_path)
+    ack_fd = opened(cleanup, ack_path, os.O_WRONLY)
+    notify_fd = opened(cleanup, notify_path, os.O_RDONLY)
+    log.debug("a writer opened both FIFOs")
+
+    reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
+    reader.receive(Printer(args.raw))
+    log.info("processb (pid %d) closed the channel after %d messages",
+             shmm.read_header(memory)[2], reader.messages)
+
+
+def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview,
+                            _args: argparse.Namespace) -> None:
+    """Speak the tutorial's protocol (see shmm.py): print the C string at
+    offset 0 each time a byte arrives on ./myfifo."""
+    with shmm.signals_deferred():
+        cleanup.enter_context(shmm.fifo(comm.SEED_FIFO, comm.SEED_FIFO_MODE))
+    log.info("waiting for a writer on ./%s (the tutorial's protocol)", comm.SEED_FIFO)
+    fifo_fd = opened(cleanup, comm.SEED_FIFO, os.O_RDONLY)
+    messages = 0
+    while os.read(fifo_fd, 1):
+        write_all(b"Message received: " + shmm.read_c_string(memory))  # keeps its newline
+        messages += 1
+    log.info("the writer closed ./%s after %d messages", comm.SEED_FIFO, messages)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,8 +44,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
+import comm
 import shmm
 from comm import ExitCode
 from shmm import Refused, show_key
@@ -55,6 +57,7 @@ log = logging.getLogger("processb")
 PROMPT = "Please enter: "
 READ_SIZE = 1 << 16   # bytes read from stdin at a time when it is not a terminal
 POLL_INTERVAL = 0.05  # seconds between looks for processa while waiting
+T = TypeVar("T")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -108,21 +111,23 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
     return segment
 
 
-def wait_for_processa(key: int, args: argparse.Namespace) -> tuple[int, int]:
-    """Return (notify_fd, ack_fd) once processa listens at key; give up after --wait."""
+def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], T],
+                      fifo_path: str) -> T:
+    """Return what connect() returns once processa listens on fifo_path; give up
+    after --wait seconds."""
     deadline = time.monotonic() + args.wait
     attempt = 0
     while True:
         attempt += 1
         try:
             find_segment(key, args)  # fails at once if we could never use it
-            return shmm.connect_writer(key)
+            return connect()
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENXIO):
                 raise
             log.debug("processa is not listening yet: %s", shmm.describe(err))
         if time.monotonic() >= deadline:
-            raise Refused(ExitCode.NO_READER, why_not_listening(key, args.wait))
+            raise Refused(ExitCode.NO_READER, why_not_listening(key, args.wait, fifo_path))
         # The first attempt often finds processa between its two open(2)
         # calls; only when the second fails too are we really waiting.
         if attempt == 2:
@@ -131,7 +136,7 @@ def wait_for_processa(key: int, args: argparse.Namespace) -> tuple[int, int]:
         time.sleep(POLL_INTERVAL)
 
 
-def why_not_listening(key: int, waited: float) -> str:
+def why_not_listening(key: int, waited: float, fifo_path: str) -> str:
     """Explain, after waiting, why no processa was found at key."""
     try:
         segment = shmm.Segment.find(key)
@@ -143,7 +148,7 @@ def why_not_listening(key: int, waited: float) -> str:
         return (f"shmid {segment.shmid} at key {show_key(key)} was made by uid {creator};"
                 " processa's FIFOs are private to its own user, so run processb as that user")
     return (f"shmid {segment.shmid} exists at key {show_key(key)}, but no processa listens on"
-            f" {shmm.fifo_paths(key)[0]} after {waited:g} s; if processa crashed, `python3 shmm.py clean`"
+            f" {fifo_path} after {waited:g} s; if processa crashed, `python3 shmm.py clean`"
             " removes what it left")
 
 
@@ -272,7 +277,10 @@ def send(args: argparse.Namespace) -> int:
     """Find processa, attach, send stdin, detach."""
     key = shmm.key_from_arguments(args)
     log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, show_key(key))
-    notify_fd, ack_fd = wait_for_processa(key, args)
+    if args.seed_protocol:
+        return send_tutorial_protocol(key, args)
+    notify_fd, ack_fd = wait_for_processa(key, args, lambda: shmm.connect_writer(key),
+                                          shmm.fifo_paths(key)[0])
 
     with shmm.Cleanup() as cleanup:
         cleanup.callback(os.close, notify_fd)
@@ -289,6 +297,42 @@ def send(args: argparse.Namespace) -> int:
         log.info("sent %d messages; processa has taken them all", writer.messages)
     log.info("detached from shmid %d", segment.shmid)
     return ExitCode.OK
+
+
+# --- 6. The tutorial's protocol ----------------------------------------------------
+#
+# With --seed-protocol we speak to the tutorial's a.cc (see shmm.py): each
+# line, newline kept, goes into the segment as a C string, announced by one
+# byte on ./myfifo. Like fgets(3) into a 4096-byte buffer, a longer line
+# goes as several strings of at most 4095 bytes. Nothing tells us when the
+# reader has printed one, so piped input outruns it and messages are lost.
+
+
+def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
+    """Send each line of stdin as the tutorial's b.cc does."""
+    fifo_fd = wait_for_processa(key, args, open_tutorial_fifo, f"./{comm.SEED_FIFO}")
+    with shmm.Cleanup() as cleanup:
+        cleanup.callback(os.close, fifo_fd)
+        with shmm.signals_deferred():
+            segment = cleanup.enter_context(find_segment(key, args))
+            memory = segment.attach()
+        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+        lines = (line + b"\n" for line in terminal_lines()) if sys.stdin.isatty() \
+            else iter(sys.stdin.buffer.readline, b"")
+        with stop_when_processa_leaves(fifo_fd):
+            for line in lines:
+                for start in range(0, len(line), len(memory) - 1):
+                    shmm.write_c_string(memory, line[start:start + len(memory) - 1])
+                    os.write(fifo_fd, b"c")
+    log.info("detached from shmid %d", segment.shmid)
+    return ExitCode.OK
+
+
+def open_tutorial_fifo() -> int:
+    """Open ./myfifo for writing if a reader has it open; ENXIO or ENOENT if not."""
+    fifo_fd = os.open(comm.SEED_FIFO, os.O_WRONLY | os.O_NONBLOCK)
+    os.set_blocking(fifo_fd, True)
+    return fifo_fd
 
 
 def main(argv: list[str] | None = None) -> int:

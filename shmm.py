@@ -16,9 +16,10 @@ idea and uses nothing from the sections below it.
    10. a segment left behind       what a crash leaves, and when to remove it
    11. the FIFOs                   how each side learns "a slot is full/free"
    12. sending and receiving       Writer and Reader
-   13. signals and cleanup         Ctrl-C never leaves a segment behind
-   14. for the programs            logging and command-line options
-   15. the command line            python3 shmm.py key|ls|stat|rm|clean
+   13. the tutorial's protocol     one C string, one FIFO, no acknowledgement
+   14. signals and cleanup         Ctrl-C never leaves a segment behind
+   15. for the programs            logging and command-line options
+   16. the command line            python3 shmm.py key|ls|stat|rm|clean
 
 It is also a small ipcs/ipcrm built on the same calls:
 
@@ -571,25 +572,28 @@ def fifos(key: int) -> Iterator[tuple[str, str]]:
     with contextlib.suppress(FileExistsError):
         os.mkdir(directory, 0o700)
     check_private(directory)
-    made = []
-    try:
+    with contextlib.ExitStack() as made:
         for path in fifo_paths(key):
-            make_fifo(path)
-            made.append(path)
+            made.enter_context(fifo(path, comm.FIFO_MODE))
         yield fifo_paths(key)
-    finally:
-        for path in made:
-            os.unlink(path)
 
 
-def make_fifo(path: str) -> None:
-    """Make a FIFO at path, replacing one a crashed processa left there."""
+@contextlib.contextmanager
+def fifo(path: str, mode: int) -> Iterator[str]:
+    """Make a FIFO at path (replacing one a crashed processa left there) and
+    remove it when the block ends."""
     try:
-        os.mkfifo(path, comm.FIFO_MODE)
+        os.mkfifo(path, mode)
     except FileExistsError:
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            raise Refused(ExitCode.FAILURE, f"{path} exists and is not a FIFO; move it away")
         log.warning("replacing %s, left by a processa that did not clean up", path)
         os.unlink(path)
-        os.mkfifo(path, comm.FIFO_MODE)
+        os.mkfifo(path, mode)
+    try:
+        yield path
+    finally:
+        os.unlink(path)
 
 
 def connect_writer(key: int) -> tuple[int, int]:
@@ -730,7 +734,36 @@ class Reader(Ring):
             log.warning("processb went away without waiting for its acknowledgements")
 
 
-# --- 13. Signals and cleanup ----------------------------------------------------
+# --- 13. The tutorial's protocol ---------------------------------------------------
+#
+# The tutorial's last pair of programs (a.cc and b.cc) speaks a simpler
+# protocol, which --seed-protocol lets processa and processb speak too, so
+# they can talk to the tutorial's own C++ programs:
+#
+#   the segment   one NUL-terminated string at offset 0, as fgets(3) leaves
+#                 it: with its newline, at most size - 1 bytes
+#   the FIFO      ./myfifo (in the current directory), mode 0664; the writer
+#                 writes one byte per message, and closes it at the end
+#
+# There is no acknowledgement: a writer that is faster than the reader (any
+# piped input) overwrites messages before they are printed. That is the
+# tutorial's design, kept here as it is, to compare with ours.
+
+
+def read_c_string(memory: memoryview) -> bytes:
+    """Return the NUL-terminated string at offset 0 (all of memory if no NUL)."""
+    end = bytes(memory).find(b"\0")
+    return bytes(memory[:end]) if end >= 0 else bytes(memory)
+
+
+def write_c_string(memory: memoryview, text: bytes) -> None:
+    """Put text at offset 0 as a NUL-terminated string; text must leave room for the NUL."""
+    assert len(text) < len(memory), "no room for the terminating NUL"
+    memory[:len(text)] = text
+    memory[len(text)] = 0
+
+
+# --- 14. Signals and cleanup ----------------------------------------------------
 #
 # The creator must remove the segment on every way out: the end of input, an
 # error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP). Each of
@@ -786,7 +819,7 @@ class Cleanup(contextlib.ExitStack):
             return super().__exit__(*exc_info)
 
 
-# --- 14. For the programs: logging and options -------------------------------------
+# --- 15. For the programs: logging and options -------------------------------------
 #
 # The library only logs; each program's main decides where logs go. The
 # tutorial's log.hpp printed `[Info][2024-12-14 19:49:20]::message`; we keep
@@ -902,6 +935,9 @@ def add_channel_options(parser: argparse.ArgumentParser) -> None:
                         help=f"segment permissions (default: {comm.SEGMENT_MODE:04o})")
     parser.add_argument("--raw", action="store_true",
                         help="stream bytes as they are, instead of one message per line")
+    parser.add_argument("--seed-protocol", action="store_true",
+                        help="speak the tutorial's protocol (./myfifo, one C string, no"
+                             " acknowledgement), to talk to its a.cc and b.cc")
 
 
 def key_from_arguments(args: argparse.Namespace) -> int:
@@ -916,7 +952,7 @@ def key_from_arguments(args: argparse.Namespace) -> int:
                       " both processes can stat") from None
 
 
-# --- 15. The command line: a small ipcs and ipcrm -------------------------------
+# --- 16. The command line: a small ipcs and ipcrm -------------------------------
 #
 # ipcs reads /proc/sysvipc/shm when it can. The older route, used below, asks
 # the kernel directly: shmctl(0, SHM_INFO) returns the highest index in use,
@@ -1000,7 +1036,10 @@ def command_ls(_args: argparse.Namespace) -> int:
 
 def command_stat(args: argparse.Namespace) -> int:
     """Print every field of one segment's shmid_ds in the layout of ipcs -m -i."""
-    status = Segment(args.shmid, IPC_PRIVATE, created=False).status()
+    # Found among all segments, as ipcs finds it, so no read permission is needed.
+    status = next((found for shmid, found in all_segments() if shmid == args.shmid), None)
+    if status is None:
+        raise Refused(ExitCode.FAILURE, f"id {args.shmid} not found; `shmm.py ls` lists them")
     perm = status.shm_perm
     print(f"\nShared memory Segment shmid={args.shmid}")
     print(f"uid={perm.uid}\tgid={perm.gid}\tcuid={perm.cuid}\tcgid={perm.cgid}")
@@ -1014,23 +1053,37 @@ def command_stat(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ipcrm's words for why a removal failed.
+RM_ERRORS = {errno.EPERM: "permission denied for", errno.EACCES: "permission denied for",
+             errno.EINVAL: "invalid", errno.ENOENT: "invalid", errno.EIDRM: "already removed"}
+
+
+def remove_segment(target: int, by_key: bool) -> bool:
+    """Remove one segment by shmid or by key, as ipcrm does; say why not and
+    return False if it cannot be removed."""
+    # A segment already marked SHM_DEST has key IPC_PRIVATE, so its old key
+    # finds nothing any more ("invalid key"): only its shmid still does.
+    what = f"key ({show_key(target)})" if by_key else f"id ({target})"
+    if by_key and target == IPC_PRIVATE:
+        log.error("rm: illegal %s: IPC_PRIVATE names no segment", what)
+        return False
+    try:
+        shmctl(Segment.find(target).shmid if by_key else target, IPC_RMID, None)
+    except OSError as err:
+        if err.errno not in RM_ERRORS:
+            raise
+        log.error("rm: %s %s", RM_ERRORS[err.errno], what)
+        return False
+    return True
+
+
 def command_rm(args: argparse.Namespace) -> int:
     """Remove segments by shmid (like ipcrm -m) or by key (like ipcrm -M)."""
-    # A segment marked SHM_DEST has key IPC_PRIVATE, so --key cannot find it
-    # any more: only its shmid can, until the last process detaches.
-    failed = False
-    for target in args.shmids or [args.key]:
-        by_key = not args.shmids
-        what = f"key ({show_key(target)})" if by_key else f"id ({target})"
-        try:
-            shmid = Segment.find(target).shmid if by_key else target
-            shmctl(shmid, IPC_RMID, None)
-        except OSError as err:
-            failed = True
-            reason = {errno.EPERM: "permission denied for", errno.EACCES: "permission denied for",
-                      errno.EIDRM: "already removed", errno.ENOENT: "invalid"}
-            log.error("rm: %s %s", reason.get(err.errno or 0, "invalid"), what)
-    return ExitCode.FAILURE if failed else ExitCode.OK
+    if args.key is not None:
+        removed = [remove_segment(args.key, by_key=True)]
+    else:
+        removed = [remove_segment(shmid, by_key=False) for shmid in args.shmids]
+    return ExitCode.OK if all(removed) else ExitCode.FAILURE
 
 
 def command_clean(args: argparse.Namespace) -> int:

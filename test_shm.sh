@@ -90,6 +90,7 @@ proc_line_of_key() {
 }
 shmid_of() { proc_line_of_key "$1" | awk '{ print $2 }'; }
 segment_exists() { awk -v id="$1" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' /proc/sysvipc/shm; }
+segment_gone() { ! segment_exists "$1"; }
 
 # ipcs_field KEY COLUMN: a column of the `ipcs -m` line for KEY
 # (1 key, 2 shmid, 3 owner, 4 perms, 5 bytes, 6 nattch, 7 status).
@@ -98,19 +99,26 @@ nattch_is() { [[ $(ipcs_field "$key" 6) == "$1" ]]; }
 no_segment() { [[ -z $(ipcs_field "$key" 2) ]]; }
 no_fifos() { [[ ! -e $fifo_dir/$key.notify && ! -e $fifo_dir/$key.ack ]]; }
 
-# start NAME PROGRAM ARGS...: run PROGRAM in the background with this test's
-# key and the caller's stdin; stdout in $work/NAME.out, stderr in
-# $work/NAME.err. Bash would give a background job /dev/null as stdin and
-# SIGINT ignored, so both are set explicitly; the child closes the test's
-# end of any input FIFO, or it would never see end of file.
-start() {
-    local name=$1 program=$2
+# start_command NAME COMMAND...: run COMMAND in the background with the
+# caller's stdin; stdout in $work/NAME.out, stderr in $work/NAME.err. Bash
+# would give a background job /dev/null as stdin, so it is passed on
+# explicitly; the child closes the test's end of every input FIFO, or it
+# would never see end of file.
+start_command() {
+    local name=$1
     (
         for input in "${inputs[@]}"; do exec {input}>&-; done
-        exec env --default-signal=INT "$PYTHON" "$here/$program" --path "$work" \
-            --proj-id "$proj" "${@:3}" >"$work/$name.out" 2>"$work/$name.err"
+        exec "${@:2}" >"$work/$name.out" 2>"$work/$name.err"
     ) <&0 &
     pid[$name]=$!
+}
+
+# start NAME PROGRAM ARGS...: start_command for processa.py or processb.py,
+# with this test's key. SIGINT is reset to its default: bash starts
+# background jobs with it ignored.
+start() {
+    start_command "$1" env --default-signal=INT "$PYTHON" "$here/$2" --path "$work" \
+        --proj-id "$proj" "${@:3}"
 }
 
 # start_reader NAME ARGS...: start processa and wait until it listens.
@@ -716,6 +724,189 @@ test_signals_to_either_side_while_connected_or_mid_message() {
     done
 }
 
+# --- shmm.py as ipcs and ipcrm, and the tutorial's own programs ---------------------
+
+shmm() { "$PYTHON" "$here/shmm.py" "$@"; }
+
+# same_output COMMAND1 -- COMMAND2: both print the same. Other processes may
+# change the segments between the two, so compare until they agree.
+same_output() {
+    local split
+    for ((split = 1; split <= $#; split++)); do [[ ${!split} == -- ]] && break; done
+    wait_for outputs_equal "$split" "$@" && return 0
+    sed 's/^/#   /' "$work/diff"
+    return 1
+}
+outputs_equal() {
+    local split=$1
+    shift
+    diff <("${@:1:split-1}" 2>&1) <("${@:split+1}" 2>&1) >"$work/diff"
+}
+
+# hold_segments KEY1 KEY2: create three segments that ipcs shows in three
+# ways (3333 bytes at KEY1; IPC_PRIVATE; at KEY2 but removed while attached,
+# so key 0 and dest) and hold them until input ends. Sets held=(shmids).
+hold_segments() {
+    open_input fixture
+    start_command fixture env PYTHONPATH="$here" "$PYTHON" -c 'import shmm, sys
+def made(segment):
+    print(segment.shmid, flush=True)  # at once, so the test can clean up after a crash
+    return segment
+odd = made(shmm.Segment.create(int(sys.argv[1], 0), 3333, 0o640))
+private = made(shmm.Segment(shmm.shmget(shmm.IPC_PRIVATE, 4096, 0o600), 0, created=True))
+dest = made(shmm.Segment.create(int(sys.argv[2], 0), 8192, 0o666))
+dest.attach()
+dest.remove()
+print("ready", flush=True)
+sys.stdin.read()
+odd.remove()
+private.remove()' "$1" "$2" <"$work/fixture.in"
+    wait_for fixture_ready_or_ended
+    mapfile -t held < <(grep -v ready "$work/fixture.out")
+    shmids+=("${held[@]}")
+    must "the fixture to make its segments" grep -q ready "$work/fixture.out"
+}
+fixture_ready_or_ended() { grep -q ready "$work/fixture.out" || ended fixture; }
+
+test_shmm_ls_and_stat_equal_ipcs_for_odd_private_and_removed_segments() {
+    next_key
+    local first_key=$key held=() id
+    next_key
+    hold_segments "$first_key" "$key" || return 1
+    key=$first_key
+    must "an odd size in ipcs" [ "$(ipcs_field "$key" 5)" == 3333 ] || return 1
+    must "a dest segment with key 0 in ipcs" ipcs -m | grep -q "^0x00000000 ${held[2]} .* dest" ||
+        return 1
+    must "shmm.py ls to equal ipcs -m" same_output ipcs -m -- shmm ls || return 1
+    for id in "${held[@]}"; do
+        must "shmm.py stat $id to equal ipcs -m -i $id" same_output ipcs -m -i "$id" -- shmm stat "$id" ||
+            return 1
+    done
+    exec {input}>&-
+    finish fixture 0 || return 1
+    must "the fixture's segments gone" segment_gone "${held[0]}"
+}
+
+# rm_like_ipcrm -m SHMID | -M KEY: shmm.py rm fails as ipcrm does: exit
+# status 1 and the same words (ours SHMID or --key KEY for ipcrm -m or -M).
+rm_like_ipcrm() {
+    local ours theirs status
+    if [[ $1 == -m ]]; then ours=$(shmm rm "$2" 2>&1); else ours=$(shmm rm --key "$2" 2>&1); fi
+    status=$?
+    ours=$(sed 's/^\[Error\]\[[^]]*\]::rm: //; s/: IPC_PRIVATE.*//' <<<"$ours")
+    theirs=$(ipcrm "$1" "$2" 2>&1 | sed 's/^ipcrm: //')
+    must "shmm.py rm ($1 $2) to fail with status 1, not $status" [ $status == 1 ] || return 1
+    must "shmm.py rm ($1 $2) to say what ipcrm says: '$theirs', not '$ours'" [ "$ours" == "$theirs" ]
+}
+
+test_shmm_rm_removes_what_ipcrm_would() {
+    next_key
+    local by_id by_key
+    by_id=$(make_segment "") && shmids+=("$by_id")
+    must "shmm.py rm SHMID to succeed" shmm rm "$by_id" || return 1
+    must "it gone" segment_gone "$by_id" || return 1
+    by_key=$(make_segment "") && shmids+=("$by_key")
+    must "shmm.py rm --key KEY to succeed" shmm rm --key "$key" || return 1
+    must "it gone" segment_gone "$by_key" || return 1
+    rm_like_ipcrm -m "$by_id" || return 1
+    rm_like_ipcrm -M "$key" || return 1
+    rm_like_ipcrm -M 0x00000000 || return 1
+    [[ -n $(why_not_nobody) ]] && return 0
+    by_key=$(make_segment "") && shmids+=("$by_key")
+    must "nobody to be refused like ipcrm" [ "$(as_nobody /usr/bin/python3 "$here/shmm.py" rm \
+        "$by_key" 2>&1 | sed 's/.*::rm: //')" == "$(as_nobody ipcrm -m "$by_key" 2>&1 |
+        sed 's/^ipcrm: //')" ] || return 1
+    must "the segment still there" segment_exists "$by_key" || return 1
+    ipcrm -m "$by_key"
+}
+
+test_shmm_key_equals_ipcs_and_the_formula() {
+    next_key
+    must "shmm.py key to print the formula's key" [ "$(shmm key --path "$work" --proj-id "$proj" -q)" \
+        == "$key" ] || return 1
+    start_reader a || return 1
+    must "ipcs -m to show that key" [ "$(ipcs_field "$key" 1)" == "$key" ] || return 1
+    shmm clean --path "$work" --proj-id "$proj" 2>"$work/clean.err"
+    must "shmm.py clean to refuse a segment in use" [ $? == 3 ] || return 1
+    must "the segment untouched" nattch_is 1 || return 1
+    kill -TERM "${pid[a]}"
+    finish a 143
+}
+
+seed_text=${SEED_TEXT:-$here/../shared/seed/000_2519dfad12f01e0d.txt}
+
+# why_no_tutorial_programs: print why the tutorial's C++ pair cannot be built.
+why_no_tutorial_programs() {
+    if ! command -v g++ >/dev/null; then
+        echo "no C++ compiler (g++)"
+    elif [[ ! -r $seed_text ]]; then
+        echo "the tutorial's text is not at $seed_text (set SEED_TEXT)"
+    fi
+}
+
+# build_tutorial_programs: a and b in $work/cpp, from the last C++ listing
+# of the tutorial, with its ftok path changed to ours and nothing else.
+build_tutorial_programs() {
+    [[ -x $work/cpp/a ]] && return 0
+    mkdir -p "$work/cpp"
+    # shellcheck disable=SC2016 # the backquotes are Markdown's, in Python
+    py 'import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+listing = re.findall(r"```cpp\n(.*?)```", text, re.S)[-1]
+parts = re.split(r"^// (\S+\.(?:hpp|h|cc))\n", listing, flags=re.M)
+for name, body in zip(parts[1::2], parts[2::2]):
+    with open(f"{sys.argv[2]}/{name}", "w") as source:
+        source.write(body.replace("\"/home/wind\"", f"\"{sys.argv[3]}\""))' \
+        "$seed_text" "$work/cpp" "$work" || return 1
+    must "the ftok path to be ours" grep -q "PATHNAME \"$work\"" "$work/cpp/shmm.hpp" || return 1
+    (cd "$work/cpp" && g++ a.cc -o a && g++ b.cc -o b) 2>"$work/g++.err"
+}
+
+test_tutorial_cpp_writer_talks_to_our_processa() {
+    skip_reason=$(why_no_tutorial_programs)
+    [[ -z $skip_reason ]] || return 0
+    use_proj 0x46 || return 1 # the tutorial's 0x1246, of which ftok keeps 0x46
+    must "the tutorial's programs to build" build_tutorial_programs || return 1
+    cd "$work/cpp" || return 1
+    start a processa.py --seed-protocol
+    must "processa to listen on ./myfifo" wait_for logged a "waiting for a writer on ./myfifo"
+    open_input cb
+    start_command cb ./b <"$work/cb.in"
+    cd - >/dev/null || return 1
+    local line
+    for line in "hello, shared memory" "你好，共享内存"; do
+        echo "$line" >&"$input"
+        must "'$line' to arrive" wait_for grep -q -x "Message received: $line" "$work/a.out" ||
+            return 1
+    done
+    kill -TERM "${pid[cb]}" # it loops on fgets forever, even at end of input
+    finish cb 143 && finish a 0 || return 1
+    must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
+}
+
+test_our_processb_talks_to_the_tutorial_cpp_reader() {
+    skip_reason=$(why_no_tutorial_programs)
+    [[ -z $skip_reason ]] || return 0
+    use_proj 0x46 || return 1
+    must "the tutorial's programs to build" build_tutorial_programs || return 1
+    cd "$work/cpp" || return 1
+    start_command ca stdbuf -oL ./a # its printf would wait in a buffer otherwise
+    must "a.cc to make its FIFO" wait_for [ -p myfifo ]
+    open_input b
+    start b processb.py --seed-protocol --mode 0666 <"$work/b.in" # a.cc uses 0666
+    cd - >/dev/null || return 1
+    must "nattch 2" wait_for nattch_is 2 || return 1
+    local line
+    for line in "hello, shared memory" "你好，共享内存"; do
+        echo "$line" >&"$input"
+        must "'$line' to arrive" wait_for grep -q -x "Message received: $line" "$work/ca.out" ||
+            return 1
+    done
+    exec {input}>&-
+    finish b 0 && finish ca 0 || return 1
+    must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
+}
+
 # --- Last: the run leaves nothing behind -------------------------------------------
 
 test_nothing_left_behind() {
@@ -724,6 +915,9 @@ test_nothing_left_behind() {
         id=$(shmid_of "$k")
         [[ -n $id ]] && diag "segment $id left at key $k" && left=1
         [[ -e $fifo_dir/$k.notify || -e $fifo_dir/$k.ack ]] && diag "FIFO left for $k" && left=1
+    done
+    for id in "${shmids[@]}"; do
+        [[ -n $id ]] && segment_exists "$id" && diag "segment $id left (key 0)" && left=1
     done
     return $left
 }
