@@ -220,9 +220,11 @@ def send_input(writer: shmm.Writer, raw: bool) -> None:
     if raw:
         for chunk in stdin_chunks():
             writer.send(chunk, more=True)
+            writer.flush()
     elif sys.stdin.isatty():
         for line in terminal_lines():
             writer.send(line)
+            writer.flush()
     else:
         for chunk in stdin_chunks():
             *lines, rest = chunk.split(b"\n")
@@ -230,6 +232,7 @@ def send_input(writer: shmm.Writer, raw: bool) -> None:
                 writer.send(line)
             if rest:
                 writer.send(rest, more=True)
+            writer.flush()  # before we may wait for more input
     writer.close()
 
 

@@ -246,25 +246,59 @@ test_messages_arrive_unchanged() {
     must "the output to equal the input, line for line" cmp "$work/expected" "$work/a.out"
 }
 
-test_100000_piped_lines_arrive_once_in_order() {
-    next_key
+test_100000_piped_lines_arrive_once_in_order_with_1_and_16_slots() {
+    local slots
     seq 100000 >"$work/in"
-    start_reader a || return 1
-    start b processb.py <"$work/in"
-    finish b 0 || return 1
-    finish a 0 || return 1
-    sed 's/^Message received: //' "$work/a.out" >"$work/received"
-    must "the 100000 lines, once each, in order" cmp "$work/in" "$work/received"
+    for slots in 1 16; do
+        next_key
+        start_reader a --slots "$slots" || return 1
+        start b processb.py <"$work/in"
+        finish b 0 || return 1
+        finish a 0 || return 1
+        sed 's/^Message received: //' "$work/a.out" >"$work/received"
+        must "with $slots slots, the 100000 lines, once each, in order" \
+            cmp "$work/in" "$work/received" || return 1
+    done
 }
 
-test_raw_8_mib_of_random_bytes_keep_their_sha256() {
-    next_key
+test_raw_8_mib_of_random_bytes_keep_their_sha256_with_1_and_16_slots() {
+    local slots
     head -c 8M /dev/urandom >"$work/in"
-    start_reader a --raw || return 1
-    start b processb.py --raw <"$work/in"
-    finish b 0 || return 1
-    finish a 0 || return 1
-    must "the same sha256" [ "$(sha256sum <"$work/in")" == "$(sha256sum <"$work/a.out")" ]
+    for slots in 1 16; do
+        next_key
+        start_reader a --raw --slots "$slots" --size 1048576 || return 1
+        start b processb.py --raw --size 1048576 <"$work/in"
+        finish b 0 || return 1
+        finish a 0 || return 1
+        must "with $slots slots, the same sha256" \
+            [ "$(sha256sum <"$work/in")" == "$(sha256sum <"$work/a.out")" ] || return 1
+    done
+}
+
+# writes_of NAME: how many write(2) calls NAME has made (from /proc/PID/io).
+writes_of() { awk '$1 == "syscw:" { print $2 }' "/proc/${pid[$1]}/io"; }
+
+test_with_16_slots_a_message_costs_far_less_than_a_write() {
+    local slots writes
+    seq 10000 >"$work/lines"
+    for slots in 1 16; do
+        next_key
+        start_reader a --slots "$slots" || return 1
+        open_input b
+        start b processb.py -q <"$work/b.in"
+        cat "$work/lines" >&"$input"
+        must "the 10000 lines to arrive" wait_for grep -q -x "Message received: 10000" \
+            "$work/a.out" || return 1
+        writes=$(writes_of b)
+        if ((slots == 1)); then
+            must "one write or more per message in lock-step, not $writes" [ "$writes" -ge 10000 ]
+        else
+            must "fewer than 2500 writes for 10000 messages with 16 slots, not $writes" \
+                [ "$writes" -lt 2500 ]
+        fi || return 1
+        exec {input}>&-
+        finish b 0 && finish a 0 || return 1
+    done
 }
 
 test_sigint_to_processa_with_processb_attached_leaves_nothing() {
@@ -357,12 +391,17 @@ segment.detach()
 print(segment.shmid)' "$key" "$1"
 }
 
-# frame_seq_is_at_least N: the frame in slot 0 of $key's segment is number N or later.
-frame_seq_is_at_least() {
+# frames_taken_at_least N: processa has taken at least N frames. A slot is
+# refilled only once its frame is acknowledged, so the newest frame in the
+# ring, less the number of slots, is a frame processa has surely taken.
+frames_taken_at_least() {
     py 'import shmm, sys
 with shmm.Segment.find(int(sys.argv[1], 0)) as segment:
-    seq = shmm.FRAME.unpack_from(segment.attach(readonly=True), shmm.HEADER_SIZE)[3]
-sys.exit(seq < int(sys.argv[2]))' "$key" "$1"
+    memory = segment.attach(readonly=True)
+    slots, slot_size, _ = shmm.read_header(memory)
+    newest = max(shmm.FRAME.unpack_from(memory, shmm.HEADER_SIZE + n * slot_size)[3]
+                 for n in range(slots))
+sys.exit(newest - slots + 1 < int(sys.argv[2]))' "$key" "$1"
 }
 
 # send_unfinished_message: a whole line, then 100 kB with no newline: a
@@ -371,7 +410,7 @@ send_unfinished_message() {
     echo "whole" >&"$input"
     must "the whole line" wait_for grep -q -x "Message received: whole" "$work/a.out" || return 1
     head -c 100000 /dev/zero | tr '\0' y >&"$input"
-    must "processa to have taken frames of the unfinished one" wait_for frame_seq_is_at_least 3
+    must "processa to have taken frames of the unfinished one" wait_for frames_taken_at_least 3
 }
 
 test_stale_segment_after_kill_9_is_replaced_with_a_warning() {
@@ -470,7 +509,7 @@ two_writers_ended() {
 
 test_processb_reports_a_killed_processa_and_detaches() {
     next_key
-    start_reader a || return 1
+    start_reader a --slots 16 || return 1
     seq 1000000 >"$work/in"
     start b processb.py <"$work/in"
     must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out" || return 1
@@ -482,23 +521,28 @@ test_processb_reports_a_killed_processa_and_detaches() {
     must "shmm.py clean to remove what processa left" no_segment && no_fifos
 }
 
-test_a_message_cut_short_by_a_killed_processb_is_never_printed() {
-    next_key
-    start_reader a || return 1
-    open_input b
-    start b processb.py <"$work/b.in"
-    send_unfinished_message || return 1
-    kill -KILL "${pid[b]}"
-    finish b 137 && finish a 7 || return 1
-    must "one error line" one_error a "processb went away in the middle of a message" || return 1
-    must "only the whole message printed" [ "$(cat "$work/a.out")" == "Message received: whole" ] ||
-        return 1
-    must "no segment, no FIFOs" no_segment && no_fifos
+test_a_message_cut_short_by_a_killed_processb_is_never_printed_with_1_and_16_slots() {
+    local slots
+    for slots in 1 16; do
+        next_key
+        start_reader a --slots "$slots" || return 1
+        open_input b
+        start b processb.py <"$work/b.in"
+        send_unfinished_message || return 1
+        kill -KILL "${pid[b]}"
+        finish b 137 && finish a 7 || return 1
+        must "one error line" one_error a "processb went away in the middle of a message" ||
+            return 1
+        must "with $slots slots, only the whole message printed" \
+            [ "$(cat "$work/a.out")" == "Message received: whole" ] || return 1
+        must "no segment, no FIFOs" no_segment && no_fifos || return 1
+        exec {input}>&-
+    done
 }
 
 test_a_paused_processa_holds_processb_back_and_loses_nothing() {
     next_key
-    start_reader a || return 1
+    start_reader a --slots 16 || return 1
     seq 200000 >"$work/in"
     start b processb.py <"$work/in"
     must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out" || return 1
@@ -753,7 +797,7 @@ def made(segment):
     print(segment.shmid, flush=True)  # at once, so the test can clean up after a crash
     return segment
 odd = made(shmm.Segment.create(int(sys.argv[1], 0), 3333, 0o640))
-private = made(shmm.Segment(shmm.shmget(shmm.IPC_PRIVATE, 4096, 0o600), 0, created=True))
+private = made(shmm.Segment.create(shmm.IPC_PRIVATE, 4096, 0o600))
 dest = made(shmm.Segment.create(int(sys.argv[2], 0), 8192, 0o666))
 dest.attach()
 dest.remove()
@@ -905,6 +949,23 @@ test_our_processb_talks_to_the_tutorial_cpp_reader() {
     exec {input}>&-
     finish b 0 && finish ca 0 || return 1
     must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
+}
+
+# --- The benchmark, as a smoke test (timings are never asserted) -------------------
+
+test_bench_quick_checks_every_case_and_reports_json() {
+    "$PYTHON" "$here/bench_shm.py" --quick --json >"$work/bench.json" 2>"$work/bench.err"
+    must "bench_shm.py --quick to succeed" [ $? == 0 ] || return 1
+    py 'import json, sys
+results = json.load(open(sys.argv[1]))
+cases = {(c["transport"], c["block"], c["slots"]) for c in results["cases"]}
+for block in (64, 4096, 65536, 1048576):
+    assert {("pipe", block, 1), ("shm", block, 1), ("shm", block, 16), ("posix_shm", block, 1)} <= cases
+assert all(c["gbps"] > 0 and c["msgs_per_s"] > 0 and c["ratio_to_pipe"] > 0 for c in results["cases"])
+assert set(results["latency_us"]) == {"shm", "pipe"} and set(results["peak_rss_kib"]) == {"reader", "writer"}
+assert results["machine"]["cpus"] >= 1' "$work/bench.json" 2>"$work/bench.check"
+    must "the JSON to hold every case and every figure" [ $? == 0 ] ||
+        { sed 's/^/#   /' "$work/bench.check"; return 1; }
 }
 
 # --- Last: the run leaves nothing behind -------------------------------------------
