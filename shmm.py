@@ -626,11 +626,17 @@ def connect_writer(key: int) -> tuple[int, int]:
 # write(2), so that under load a message costs far less than a system call.
 #
 # With one slot (the default) this is the tutorial's lock-step, completed:
-# fill, announce, wait for the ack. Every message then costs two wake-ups
-# of the other process, about 14 us here: a pipe, which buffers 64 KiB
-# without waking anyone, moves 4 KiB messages nine times faster. With N
-# slots the writer announces its frames half a ring at a time, so the reader
-# empties one half while the writer fills the other, and both work at once.
+# fill, announce, wait for the ack. Done plainly, every message then costs
+# two wake-ups of the other process, about 25 us each on these machines, so
+# 4 KiB messages move at a thirtieth of a pipe's speed (bench_shm.py, case
+# posix_shm). Two things fix it. With N slots the writer announces its
+# frames half a ring at a time, so the reader empties one half while the
+# writer fills the other. And a side that finds no token polls the FIFO a
+# little before it sleeps (TokenReader). Measured here: 64-byte messages at
+# a pipe's rate with 16 slots, 1 MiB blocks at 17 times a pipe's with one.
+
+TOKENS = memoryview(b"!" * 65536)  # bytes to write: one per frame, up to a FIFO's 64 KiB
+SPIN_SECONDS = 100e-6              # how long to poll a token FIFO before sleeping on it
 
 
 class Ring:
@@ -680,9 +686,6 @@ class TokenReader:
             except BlockingIOError:
                 if time.perf_counter() >= spin_until:
                     self.sleeper.poll()  # until readable, or the other end is closed
-
-
-SPIN_SECONDS = 100e-6  # how long to poll a token FIFO before sleeping on it
 
 
 class Writer(Ring):
@@ -744,9 +747,6 @@ class Writer(Ring):
         if not acks:
             raise PeerGone("processa has gone away (it closed the ack FIFO)")
         self.free += acks
-
-
-TOKENS = memoryview(b"!" * 65536)  # what flush() writes: one byte per frame
 
 
 class Reader(Ring):

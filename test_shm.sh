@@ -135,7 +135,7 @@ running() { ! ended "$1"; }
 # finish NAME STATUS: wait for NAME to exit and check its exit status.
 finish() {
     local status
-    if ! wait_for ended "$1"; then
+    if ! wait_for ended "$1" 2>/dev/null; then # bash may tell "Killed" while we poll
         diag "$1 did not end; its log:" && sed 's/^/#   /' "$work/$1.err"
         kill -KILL "${pid[$1]}"
     fi
