@@ -431,7 +431,8 @@ def print_table(results: dict) -> None:
               f" | {r['msgs_per_s']:,.0f} | {r['ratio_to_pipe']:.2f}x |")
     latency = results["latency_us"]
     print(f"\n64-byte round trip: shm {latency['shm']:.1f} us (send, then the ack),"
-          f" os.pipe {latency['pipe']:.1f} us (ping-pong): {latency['shm'] / latency['pipe']:.2f}x")
+          f" os.pipe {latency['pipe']:.1f} us (ping-pong):"
+          f" {latency['shm'] / latency['pipe']:.2f}x")
     rss = results["peak_rss_kib"]
     print(f"peak RSS streaming through --raw: processa {rss['reader'] / 1024:.1f} MiB,"
           f" processb {rss['writer'] / 1024:.1f} MiB")

@@ -24,8 +24,8 @@ import os
 # Only the low 8 bits of the project id count, so the tutorial's 0x1246 gives
 # the same key as 0x46, and 0x100 would give the same key as 0 (refused).
 
-FTOK_PATH = os.path.dirname(os.path.abspath(__file__))  # this checkout: exists wherever it is cloned
-PROJ_ID = 0x1246                                          # the tutorial's id; ftok keeps 0x46 of it
+FTOK_PATH = os.path.dirname(os.path.abspath(__file__))  # this checkout, wherever it is
+PROJ_ID = 0x1246                                          # the tutorial's; ftok keeps 0x46
 
 # --- 2. The segment: shmget(2) ---------------------------------------------
 

@@ -3,14 +3,14 @@
 Start processa.py first (if it is not up yet, processb waits for it, up to
 --wait seconds). Each line you type is one message; Ctrl-D ends.
 
-    terminal 1: make run-a                         terminal 2: make run-b
-                                                   [Info][...]::ftok('/home/you/shm', 0x1246) gave key 0x46010004
-                                                   [Info][...]::shmat mapped shmid 3 at 0x7fb5ae62d000
-                                                   Please enter: hello
-    Message received: hello
-                                                   Please enter: ^D
-                                                   [Info][...]::sent 1 messages; processa has taken them all
-                                                   [Info][...]::detached from shmid 3
+    terminal 2 (processa runs in terminal 1):
+    $ make run-b
+    [Info][...]::ftok('/home/you/shm', 0x1246) gave key 0x46010004
+    [Info][...]::shmat mapped shmid 3 at 0x7fb5ae62d000
+    Please enter: hello                  (terminal 1: Message received: hello)
+    Please enter: ^D
+    [Info][...]::sent 1 messages; processa has taken them all
+    [Info][...]::detached from shmid 3
 
 Input can be piped in too: `seq 100000 | python3 processb.py` sends 100,000
 messages, each exactly once and in order, because processb never refills a
@@ -185,6 +185,8 @@ def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
 # prompt we sit in input(), and would only notice at the next line. So a
 # thread waits in poll(2) for POLLHUP on the ack FIFO (processa's end closed)
 # and then interrupts the main thread with SIGUSR1, whose handler raises.
+# (Signal handlers run only in the main thread, and only a signal aimed at
+# it, with pthread_kill(3), interrupts the system call it is blocked in.)
 
 
 @contextlib.contextmanager
@@ -320,15 +322,28 @@ def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
             segment = cleanup.enter_context(find_segment(key, args))
             memory = segment.attach()
         log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
-        lines = (line + b"\n" for line in terminal_lines()) if sys.stdin.isatty() \
-            else iter(sys.stdin.buffer.readline, b"")
         with stop_when_processa_leaves(fifo_fd):
-            for line in lines:
+            for line in lines_with_newlines():
                 for start in range(0, len(line), len(memory) - 1):
                     shmm.write_c_string(memory, line[start:start + len(memory) - 1])
-                    os.write(fifo_fd, b"c")
+                    announce(fifo_fd)
     log.info("detached from shmid %d", segment.shmid)
     return ExitCode.OK
+
+
+def lines_with_newlines() -> Iterator[bytes]:
+    """Yield stdin's lines as fgets(3) gives them: each with its newline."""
+    if sys.stdin.isatty():
+        return (line + b"\n" for line in terminal_lines())
+    return iter(sys.stdin.buffer.readline, b"")
+
+
+def announce(fifo_fd: int) -> None:
+    """Write the tutorial's one byte per message."""
+    try:
+        os.write(fifo_fd, b"c")
+    except BrokenPipeError:
+        raise shmm.PeerGone("the reader has gone away (./myfifo has no reader)") from None
 
 
 def open_tutorial_fifo() -> int:

@@ -111,7 +111,9 @@ def show_argument(param: str, value: Any) -> str:
         return repr(os.fsdecode(value))
     if param == "key":
         return show_key(value)
-    if param in ("proj_id", "shmaddr"):
+    if param == "proj_id":
+        return hex(value)
+    if param == "shmaddr":
         return hex(value) if value else "NULL"
     if param == "shmflg":
         return show_flags(value)
@@ -128,10 +130,12 @@ def show_key(key: int) -> str:
 
 
 def show_flags(flags: int) -> str:
-    """Show shmget or shmat flags as IPC_CREAT|IPC_EXCL|0600."""
+    """Show shmget or shmat flags as IPC_CREAT|IPC_EXCL|0600, SHM_RDONLY or 0."""
     names = [name for name, bit in (("IPC_CREAT", IPC_CREAT), ("IPC_EXCL", IPC_EXCL),
                                     ("SHM_RDONLY", SHM_RDONLY)) if flags & bit]
-    return "|".join(names + [show_mode(flags & 0o777)])
+    if flags & 0o777 or not names:
+        names.append(show_mode(flags & 0o777))
+    return "|".join(names)
 
 
 def show_mode(mode: int) -> str:
@@ -463,8 +467,8 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 # because pids are reused. We ask it only of an all-zero header, and only to
 # refuse: a reused pid then makes us wait for nothing, never remove a
 # segment in use. Two processa racing here are safe: one removes the
-# segment, the other fails to (EINVAL or EIDRM) and then finds the first
-# one's new segment attached.
+# segment; the other finds it gone (ENOENT, EINVAL or EIDRM), tries again,
+# and then finds the first one's new segment, attached, and refuses.
 
 
 def remove_leftover(key: int) -> int:
@@ -510,13 +514,21 @@ def process_exists(pid: int) -> bool:
 
 def create_segment(key: int, size: int, mode: int) -> Segment:
     """Create the segment at key, first removing one a crashed processa left there."""
-    try:
-        return Segment.create(key, size, mode)
-    except FileExistsError:
-        shmid = remove_leftover(key)
+    for _ in range(3):
+        try:
+            return Segment.create(key, size, mode)
+        except FileExistsError:
+            pass
+        try:
+            shmid = remove_leftover(key)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
+                raise
+            continue  # it went away while we looked: another processa removed it
         log.warning("removed shmid %d, left at key %s by a processa that did not clean up",
                     shmid, show_key(key))
-    return Segment.create(key, size, mode)
+    raise Refused(ExitCode.SEGMENT_CONFLICT, f"segments keep appearing at key {show_key(key)};"
+                  " pick another key with --proj-id")
 
 
 # --- 11. The FIFOs -----------------------------------------------------------------
@@ -540,8 +552,10 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # processa makes the FIFOs in /tmp/shmm-UID, a directory that only its own
 # user can write, named after the key, so that processb finds them from the
 # key alone, from any directory, and nobody else can replace them. /tmp is
-# open to all, so the directory is checked: ours, mode 0700, not a symlink. Closing a FIFO is also how each side learns that the
-# other has gone: read(2) returns 0 (end of file), write(2) fails with EPIPE.
+# open to all, so the directory is checked: ours, mode 0700, not a symlink.
+#
+# Closing a FIFO is also how each side learns that the other has gone:
+# read(2) returns 0 (end of file), write(2) fails with EPIPE.
 
 
 def fifo_directory() -> str:
@@ -828,8 +842,8 @@ def write_c_string(memory: memoryview, text: bytes) -> None:
 # The creator must remove the segment on every way out: the end of input, an
 # error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP). Each of
 # these signals raises Interrupted in the main thread, which interrupts a
-# blocking open(2) or read(2) and unwinds through the `with` blocks that own
-# the segment and the FIFOs. Two gaps remain, and signals_deferred closes
+# blocking open(2), read(2) or poll(2) and unwinds through the `with` blocks
+# that own the segment and the FIFOs. Two gaps remain, and signals_deferred closes
 # them: a signal just after shmget, before the cleanup is registered, and a
 # signal during the cleanup itself. kill -9 cannot be caught: section 10
 # deals with what it leaves.
@@ -1178,7 +1192,7 @@ def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     target.add_argument("shmids", type=int_argument, nargs="*", default=[], metavar="SHMID")
     target.add_argument("--key", type=int_argument, help="remove the segment at this key")
     rm.set_defaults(run=command_rm, verbose=0, quiet=0)
-    clean = commands.add_parser("clean", help="remove the segment and FIFOs a crash left at our key")
+    clean = commands.add_parser("clean", help="remove what a crashed processa left at our key")
     add_key_options(clean)
     clean.set_defaults(run=command_clean)
     return parser.parse_args(argv)
