@@ -641,6 +641,31 @@ with shmm.Segment.find(int(sys.argv[2], 0)) as segment:
     finish a 143
 }
 
+test_a_planted_fifo_directory_is_refused_and_nothing_is_left() {
+    local planted status nobody_key
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    planted=/tmp/shmm-$(id -u nobody)
+    if [[ -e $planted || -L $planted ]]; then
+        skip "$planted exists already: it is not ours to replace"
+        return 0
+    fi
+    next_key
+    nobody_key=$(shmm key --path "$here" --proj-id "$proj" -q) && keys+=("$nobody_key")
+    must "no segment at $nobody_key yet" [ -z "$(shmid_of "$nobody_key")" ] || return 1
+    mkdir -m 0777 "$work/elsewhere"
+    ln -s "$work/elsewhere" "$planted" # what another user could leave in /tmp
+    as_nobody /usr/bin/python3 "$here/processa.py" --path "$here" --proj-id "$proj" </dev/null \
+        >"$work/n.out" 2>"$work/n.err"
+    status=$?
+    rm -f "$planted"
+    must "exit status 1, not $status" [ $status == 1 ] || return 1
+    must "one error line" one_error n "$planted must be a directory of uid $(id -u nobody)" ||
+        return 1
+    must "no segment left" [ -z "$(shmid_of "$nobody_key")" ] || return 1
+    must "nothing made in the planted directory" [ -z "$(ls -A "$work/elsewhere")" ]
+}
+
 test_bad_arguments_are_refused_before_anything_is_created() {
     next_key
     local bad program status
