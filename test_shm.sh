@@ -130,6 +130,15 @@ start_reader() {
     shmids+=("$(shmid_of "$key")")
 }
 
+# message_gets_through READER TEXT: a processb sends one line to the processa
+# named READER; both end well, and READER has printed it.
+message_gets_through() {
+    echo "$2" >"$work/sender.in"
+    start sender processb.py <"$work/sender.in"
+    finish sender 0 && finish "$1" 0 || return 1
+    must "'$2' to arrive" grep -q -x "Message received: $2" "$work/$1.out"
+}
+
 logged() { grep -q -- "$2" "$work/$1.err"; }
 ended() { [[ -z $(ps -o stat= -p "${pid[$1]}") || $(ps -o stat= -p "${pid[$1]}") == Z* ]]; }
 running() { ! ended "$1"; }
@@ -433,10 +442,7 @@ test_stale_segment_after_kill_9_is_replaced_with_a_warning() {
     must "a warning that shmid $stale was removed" logged a2 "^\[Warning\].*removed shmid $stale," ||
         return 1
     must "a new shmid" [ "$(ipcs_field "$key" 2)" != "$stale" ] || return 1
-    echo "after the crash" >"$work/in"
-    start b2 processb.py <"$work/in"
-    finish b2 0 && finish a2 0 || return 1
-    must "the message to arrive" grep -q -x "Message received: after the crash" "$work/a2.out"
+    message_gets_through a2 "after the crash"
 }
 
 test_all_zero_segment_whose_creator_is_gone_counts_as_stale() {
@@ -470,10 +476,7 @@ test_second_processa_is_refused_and_the_first_keeps_working() {
         "has shmid $(ipcs_field "$key" 2), in use by 1 attached process(es), created by pid ${pid[a]}" ||
         return 1
     must "nattch still 1" nattch_is 1 || return 1
-    echo "still served" >"$work/in"
-    start b processb.py <"$work/in"
-    finish b 0 && finish a 0 || return 1
-    must "the first processa to print it" grep -q -x "Message received: still served" "$work/a.out"
+    message_gets_through a "still served by the first"
 }
 
 test_one_of_three_writers_is_accepted_and_its_lines_arrive_whole() {
@@ -511,12 +514,18 @@ two_writers_ended() {
     ((count == 2))
 }
 
-test_processb_reports_a_killed_processa_and_detaches() {
+# start_stream LINES: processa with 16 slots, and processb piping `seq LINES`
+# into it; return once the messages flow.
+start_stream() {
     next_key
     start_reader a --slots 16 || return 1
-    seq 1000000 >"$work/in"
+    seq "$1" >"$work/in"
     start b processb.py <"$work/in"
-    must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out" || return 1
+    must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out"
+}
+
+test_processb_reports_a_killed_processa_and_detaches() {
+    start_stream 1000000 || return 1
     kill -KILL "${pid[a]}"
     finish a 137 && finish b 7 || return 1
     must "one error line" one_error b "processa has gone away" || return 1
@@ -545,11 +554,7 @@ test_a_message_cut_short_by_a_killed_processb_is_never_printed_with_1_and_16_slo
 }
 
 test_a_paused_processa_holds_processb_back_and_loses_nothing() {
-    next_key
-    start_reader a --slots 16 || return 1
-    seq 200000 >"$work/in"
-    start b processb.py <"$work/in"
-    must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out" || return 1
+    start_stream 200000 || return 1
     kill -STOP "${pid[a]}"
     sleep 2 # the pause under test, not a wait for an event
     must "processb to wait for processa, not give up" running b || return 1
@@ -616,10 +621,7 @@ test_another_user_cannot_attach_a_0600_segment() {
     must "exit status 4 for nobody" [ $? == 4 ] || return 1
     must "one error line with EACCES" one_error n "EACCES (Permission denied)" || return 1
     must "nattch still 1" nattch_is 1 || return 1
-    echo "the pair is untouched" >"$work/in"
-    start b processb.py <"$work/in"
-    finish b 0 && finish a 0 || return 1
-    must "the message" grep -q -x "Message received: the pair is untouched" "$work/a.out"
+    message_gets_through a "the pair is untouched"
 }
 
 test_mode_0666_lets_another_user_attach_but_not_reach_the_fifos() {
@@ -745,10 +747,7 @@ test_key_with_the_top_bit_set_works() {
     start_reader a || return 1
     must "the key 0x94... logged" logged a "gave key $key$" || return 1
     must "ipcs -m to show it" [ "$(ipcs_field "$key" 1)" == "$key" ] || return 1
-    echo "top bit" >"$work/in"
-    start b processb.py <"$work/in"
-    finish b 0 && finish a 0 || return 1
-    must "the message" grep -q -x "Message received: top bit" "$work/a.out"
+    message_gets_through a "through a key with the top bit set"
 }
 
 # signal_number NAME: 2 for INT, 15 for TERM, 1 for HUP.
@@ -941,6 +940,18 @@ for name, body in zip(parts[1::2], parts[2::2]):
     (cd "$work/cpp" && g++ a.cc -o a && g++ b.cc -o b) 2>"$work/g++.err"
 }
 
+# lines_arrive_one_by_one READER: type two lines on $input, each once READER
+# has printed the one before: the tutorial's protocol would lose them if
+# they came faster, as nothing tells the writer that the reader is done.
+lines_arrive_one_by_one() {
+    local line
+    for line in "hello, shared memory" "你好，共享内存"; do
+        echo "$line" >&"$input"
+        must "'$line' to arrive" wait_for grep -q -x "Message received: $line" "$work/$1.out" ||
+            return 1
+    done
+}
+
 test_tutorial_cpp_writer_talks_to_our_processa() {
     skip_reason=$(why_no_tutorial_programs)
     [[ -z $skip_reason ]] || return 0
@@ -952,12 +963,7 @@ test_tutorial_cpp_writer_talks_to_our_processa() {
     open_input cb
     start_command cb ./b <"$work/cb.in"
     cd - >/dev/null || return 1
-    local line
-    for line in "hello, shared memory" "你好，共享内存"; do
-        echo "$line" >&"$input"
-        must "'$line' to arrive" wait_for grep -q -x "Message received: $line" "$work/a.out" ||
-            return 1
-    done
+    lines_arrive_one_by_one a || return 1
     kill -TERM "${pid[cb]}" # it loops on fgets forever, even at end of input
     finish cb 143 && finish a 0 || return 1
     must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
@@ -975,12 +981,7 @@ test_our_processb_talks_to_the_tutorial_cpp_reader() {
     start b processb.py --seed-protocol --mode 0666 <"$work/b.in" # a.cc uses 0666
     cd - >/dev/null || return 1
     must "nattch 2" wait_for nattch_is 2 || return 1
-    local line
-    for line in "hello, shared memory" "你好，共享内存"; do
-        echo "$line" >&"$input"
-        must "'$line' to arrive" wait_for grep -q -x "Message received: $line" "$work/ca.out" ||
-            return 1
-    done
+    lines_arrive_one_by_one ca || return 1
     exec {input}>&-
     finish b 0 && finish ca 0 || return 1
     must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
