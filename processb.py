@@ -177,6 +177,7 @@ def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
                       f"processa at key {show_key(key)} has already served processb pid"
                       f" {served} and ends once it has noticed; start processa again")
     shmm.claim_header(memory, os.getpid())
+    log.info("took the writer's lock (flock on the notify FIFO): the only writer now")
 
 
 # --- 3. Notice at once when processa goes away ---------------------------------------

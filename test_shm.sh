@@ -109,7 +109,7 @@ no_fifos() { [[ ! -e $fifo_dir/$key.notify && ! -e $fifo_dir/$key.ack ]]; }
 start_command() {
     local name=$1
     (
-        for input in "${inputs[@]}"; do exec {input}>&-; done
+        for held in "${inputs[@]}"; do exec {held}>&-; done
         exec "${@:2}" >"$work/$name.out" 2>"$work/$name.err"
     ) <&0 &
     pid[$name]=$!
@@ -137,6 +137,15 @@ message_gets_through() {
     start sender processb.py <"$work/sender.in"
     finish sender 0 && finish "$1" 0 || return 1
     must "'$2' to arrive" grep -q -x "Message received: $2" "$work/$1.out"
+}
+
+# message_gets_through_input READER WRITER TEXT: WRITER, reading $input, sends
+# TEXT and ends when its input does; both end well, and READER printed TEXT.
+message_gets_through_input() {
+    echo "$3" >&"$input"
+    exec {input}>&-
+    finish "$2" 0 && finish "$1" 0 || return 1
+    must "'$3' to arrive" grep -q -x "Message received: $3" "$work/$1.out"
 }
 
 logged() { grep -q -- "$2" "$work/$1.err"; }
@@ -204,7 +213,7 @@ run_test() {
     fi
     for name in "${!pid[@]}"; do kill -KILL "${pid[$name]}" 2>/dev/null; unset "pid[$name]"; done
     { wait; } 2>/dev/null
-    for input in "${inputs[@]}"; do exec {input}>&-; done
+    for held in "${inputs[@]}"; do exec {held}>&-; done
     inputs=()
 }
 
@@ -524,6 +533,21 @@ start_stream() {
     must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out"
 }
 
+test_second_processb_is_refused_naming_the_connected_one() {
+    next_key
+    start_reader a || return 1
+    open_input b
+    start b processb.py <"$work/b.in"
+    must "nattch 2" wait_for nattch_is 2 || return 1
+    must "processb to take the writer's lock" wait_for logged b "took the writer's lock" ||
+        return 1
+    start b2 processb.py </dev/null
+    finish b2 6 || return 1
+    must "one error line naming pid ${pid[b]}" one_error b2 \
+        "processb pid ${pid[b]} is already writing to processa at key $key" || return 1
+    message_gets_through_input a b "the first writer goes on"
+}
+
 test_processb_reports_a_killed_processa_and_detaches() {
     start_stream 1000000 || return 1
     kill -KILL "${pid[a]}"
@@ -780,13 +804,17 @@ test_signals_to_either_side_while_connected_or_mid_message() {
                 start b processb.py <"$work/b.in"
                 must "nattch 2" wait_for nattch_is 2 || return 1
                 [[ $when == idle ]] || send_unfinished_message || return 1
-                kill -"$sig" "${pid[$target]}"
                 if [[ $target == a ]]; then
+                    kill -"$sig" "${pid[a]}"
                     finish a $((128 + $(signal_number $sig))) && finish b 7 || return 1
-                elif [[ $when == idle ]]; then
-                    finish b $((128 + $(signal_number $sig))) && finish a 0 || return 1
                 else
-                    finish b $((128 + $(signal_number $sig))) && finish a 7 || return 1
+                    kill -STOP "${pid[a]}" # so that only processb could remove the segment
+                    kill -"$sig" "${pid[b]}"
+                    finish b $((128 + $(signal_number $sig))) || return 1
+                    must "SIG$sig to processb, $when: the segment still there" nattch_is 1 ||
+                        return 1
+                    kill -CONT "${pid[a]}"
+                    finish a "$([[ $when == idle ]] && echo 0 || echo 7)" || return 1
                 fi
                 must "SIG$sig to $target, $when: no segment, no FIFOs" no_segment && no_fifos ||
                     return 1
