@@ -9,14 +9,17 @@ segment with `make watch` (ipcs -m once a second).
     [Info][...]::shmget created shmid 3: 4096 bytes, mode 0600
     [Info][...]::shmat mapped shmid 3 at 0x7f3d9420f000
     [Info][...]::IPC_STAT: size 4096, nattch 1, key 0x46010004, mode 0600
-    [Info][...]::waiting for processb on /run/user/1000/shmm/0x46010004.notify
+    [Info][...]::waiting for processb on /tmp/shmm-1000/0x46010004.notify
                                                    Please enter: hello
     Message received: hello
                                                    Please enter: 你好，共享内存
     Message received: 你好，共享内存
                                                    Please enter: ^D
     [Info][...]::processb (pid 4242) closed the channel after 2 messages
-    [Info][...]::removed the FIFOs, detached and removed shmid 3
+    [Info][...]::removed /tmp/shmm-1000/0x46010004.ack
+    [Info][...]::removed /tmp/shmm-1000/0x46010004.notify
+    [Info][...]::detached from shmid 3 (shmdt)
+    [Info][...]::removed shmid 3 (IPC_RMID)
 
 In order, it: derives the key with ftok(3); creates the segment exclusively
 with shmget(2) (removing one that a crashed processa left behind); attaches
@@ -127,7 +130,6 @@ def serve(args: argparse.Namespace) -> int:
         log_status(segment)
         serve_protocol = serve_tutorial_protocol if args.seed_protocol else serve_messages
         serve_protocol(cleanup, key, memory, args)
-    log.info("removed the FIFOs, detached and removed shmid %d", segment.shmid)
     return ExitCode.OK
 
 

@@ -10,7 +10,7 @@ Start processa.py first (if it is not up yet, processb waits for it, up to
     Please enter: hello                  (terminal 1: Message received: hello)
     Please enter: ^D
     [Info][...]::sent 1 messages; processa has taken them all
-    [Info][...]::detached from shmid 3
+    [Info][...]::detached from shmid 3 (shmdt)
 
 Input can be piped in too: `seq 100000 | python3 processb.py` sends 100,000
 messages, each exactly once and in order, because processb never refills a
@@ -258,6 +258,9 @@ def terminal_lines() -> Iterator[bytes]:
         except EOFError:
             print(file=sys.stderr)  # end the prompt's line
             return
+        except (shmm.Interrupted, shmm.PeerGone):
+            print(file=sys.stderr)  # so that what is said next starts a line
+            raise
         yield line.encode(sys.stdin.encoding, "surrogateescape")
 
 
@@ -301,7 +304,6 @@ def send(args: argparse.Namespace) -> int:
         with stop_when_processa_leaves(ack_fd):
             send_input(writer, args.raw)
         log.info("sent %d messages; processa has taken them all", writer.messages)
-    log.info("detached from shmid %d", segment.shmid)
     return ExitCode.OK
 
 
@@ -328,7 +330,6 @@ def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
                 for start in range(0, len(line), len(memory) - 1):
                     shmm.write_c_string(memory, line[start:start + len(memory) - 1])
                     announce(fifo_fd)
-    log.info("detached from shmid %d", segment.shmid)
     return ExitCode.OK
 
 

@@ -357,6 +357,7 @@ class Segment(contextlib.AbstractContextManager):
     def __exit__(self, *exc_info: object) -> None:
         if self.address is not None:
             self.detach()
+            log.info("detached from shmid %d (shmdt)", self.shmid)
         if self.created:
             self.remove_unless_gone()
 
@@ -368,6 +369,8 @@ class Segment(contextlib.AbstractContextManager):
             if err.errno not in (errno.EINVAL, errno.EIDRM):
                 raise
             log.warning("shmid %d was already removed by someone else (ipcrm?)", self.shmid)
+            return
+        log.info("removed shmid %d (IPC_RMID)", self.shmid)
 
 
 # --- 9. The message layout ---------------------------------------------------------
@@ -486,8 +489,10 @@ def remove_leftover(key: int) -> int:
                       f"{where}, in use by {status.shm_nattch} attached process(es), created by"
                       f" pid {status.shm_cpid}. Is processa already running? Stop it first, or"
                       " pick another key with --proj-id")
-    with segment:
+    try:
         start = bytes(segment.attach(readonly=True)[:HEADER_SIZE])
+    finally:
+        segment.detach()
     if start == bytes(HEADER_SIZE) and process_exists(status.shm_cpid):
         raise Refused(ExitCode.SEGMENT_CONFLICT,
                       f"{where}, which pid {status.shm_cpid} has just created and is setting"
@@ -609,6 +614,7 @@ def fifo(path: str, mode: int) -> Iterator[str]:
         yield path
     finally:
         os.unlink(path)
+        log.info("removed %s", path)
 
 
 def connect_writer(key: int) -> tuple[int, int]:
