@@ -7,6 +7,7 @@ Start processa.py first (if it is not up yet, processb waits for it, up to
     $ make run-b
     [Info][...]::ftok('/home/you/shm', 0x1246) gave key 0x46010004
     [Info][...]::shmat mapped shmid 3 at 0x7fb5ae62d000
+    [Info][...]::took the writer's lock (flock on the notify FIFO): the only writer now
     Please enter: hello                  (terminal 1: Message received: hello)
     Please enter: ^D
     [Info][...]::sent 1 messages; processa has taken them all

@@ -1010,9 +1010,11 @@ def add_channel_options(parser: argparse.ArgumentParser) -> None:
     """Add the options both processa and processb take."""
     add_key_options(parser)
     parser.add_argument("--size", type=size_argument, default=comm.SEGMENT_SIZE, metavar="BYTES",
-                        help="segment size in bytes (default: %(default)s)")
+                        help="segment size in bytes: processa makes it this big, processb"
+                             " refuses a smaller one (default: %(default)s)")
     parser.add_argument("--mode", type=mode_argument, default=comm.SEGMENT_MODE, metavar="OCTAL",
-                        help=f"segment permissions (default: {comm.SEGMENT_MODE:04o})")
+                        help="segment permissions: processa makes it with them, processb"
+                             f" refuses a more open one (default: {comm.SEGMENT_MODE:04o})")
     parser.add_argument("--raw", action="store_true",
                         help="stream bytes as they are, instead of one message per line")
     parser.add_argument("--seed-protocol", action="store_true",
