@@ -523,6 +523,21 @@ two_writers_ended() {
     ((count == 2))
 }
 
+test_second_processb_is_refused_naming_the_connected_one() {
+    next_key
+    start_reader a || return 1
+    open_input b
+    start b processb.py <"$work/b.in"
+    must "nattch 2" wait_for nattch_is 2 || return 1
+    must "processb to take the writer's lock" wait_for logged b "took the writer's lock" ||
+        return 1
+    start b2 processb.py </dev/null
+    finish b2 6 || return 1
+    must "one error line naming pid ${pid[b]}" one_error b2 \
+        "processb pid ${pid[b]} is already writing to processa at key $key" || return 1
+    message_gets_through_input a b "the first writer goes on"
+}
+
 test_processb_reports_a_killed_processa_and_detaches() {
     next_key
     start_reader a --slots 16 || return 1
