@@ -96,8 +96,7 @@ class Transport(NamedTuple):
 
 def make_shm(block: int, slots: int) -> Transport:
     """Our channel: a System V segment, shmm.Writer and shmm.Reader."""
-    size = shmm.HEADER_SIZE + slots * (shmm.FRAME_SIZE + -(-block // 64) * 64)
-    segment = shmm.Segment.create(shmm.IPC_PRIVATE, size, 0o600)
+    segment = shmm.Segment.create(shmm.IPC_PRIVATE, shmm.segment_size(slots, block), 0o600)
     memory = segment.attach()
     segment.remove()  # freed when both processes have detached, whatever happens
     slot_size = shmm.write_header(memory, slots)

@@ -60,7 +60,8 @@ class ExitCode(enum.IntEnum):
     """How processa, processb and shmm.py end; README.md lists the same table."""
 
     OK = 0                 # finished; everything this process made is removed
-    FAILURE = 1            # a system call failed for a reason not listed below
+    FAILURE = 1            # a system call failed (not as below), or the FIFO directory
+                           # is not private
     USAGE = 2              # bad command line or ftok path (argparse uses 2 too)
     SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not fit
     PERMISSION_DENIED = 4  # the segment's mode does not let this user use it

@@ -58,14 +58,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--slots", type=shmm.int_argument, default=comm.SLOTS, metavar="N",
                         help="message slots in the segment (default: %(default)s, lock-step)")
     args = parser.parse_args(argv)
-    if not 1 <= args.slots <= len(shmm.TOKENS):
-        parser.error(f"--slots {args.slots}: choose 1 to {len(shmm.TOKENS)}, so that the tokens"
+    if not 1 <= args.slots <= shmm.MAX_SLOTS:
+        parser.error(f"--slots {args.slots}: choose 1 to {shmm.MAX_SLOTS}, so that the tokens"
                      " of a full ring fit in a FIFO (64 KiB)")
     if args.seed_protocol and (args.raw or args.slots != 1):
         parser.error("--seed-protocol sends lines through one string: no --raw, no --slots")
-    if args.size < shmm.smallest_segment(args.slots):
+    if args.size < shmm.segment_size(args.slots):
         parser.error(f"--size {args.size} is too small for {args.slots} slot(s): the headers"
-                     f" need at least {shmm.smallest_segment(args.slots)} bytes")
+                     f" need at least {shmm.segment_size(args.slots)} bytes")
     return args
 
 

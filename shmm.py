@@ -421,9 +421,10 @@ def slot_size_for(segment_size: int, slots: int) -> int:
     return (segment_size - HEADER_SIZE) // slots // 64 * 64
 
 
-def smallest_segment(slots: int) -> int:
-    """Return the smallest segment size with room for 64 payload bytes a slot."""
-    return HEADER_SIZE + slots * (FRAME_SIZE + 64)
+def segment_size(slots: int, payload: int = 64) -> int:
+    """Return the segment size that gives each of `slots` slots room for
+    `payload` bytes (by default the least a slot may hold: 64)."""
+    return HEADER_SIZE + slots * (FRAME_SIZE + -(-payload // 64) * 64)
 
 
 def write_header(memory: memoryview, slots: int) -> int:
@@ -655,7 +656,8 @@ def connect_writer(key: int) -> tuple[int, int]:
 # little before it sleeps (TokenReader). Measured here: 64-byte messages at
 # a pipe's rate with 16 slots, 1 MiB blocks at 17 times a pipe's with one.
 
-TOKENS = memoryview(b"!" * 65536)  # bytes to write: one per frame, up to a FIFO's 64 KiB
+MAX_SLOTS = 65536                      # so a full ring's tokens fit in a FIFO's 64 KiB
+TOKENS = memoryview(b"!" * MAX_SLOTS)  # what a flush or an ack writes: one byte per frame
 SPIN_SECONDS = 100e-6              # how long to poll a token FIFO before sleeping on it
 
 
