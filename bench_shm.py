@@ -99,7 +99,7 @@ def make_shm(block: int, slots: int) -> Transport:
     segment = shmm.Segment.create(shmm.IPC_PRIVATE, shmm.segment_size(slots, block), 0o600)
     memory = segment.attach()
     segment.remove()  # freed when both processes have detached, whatever happens
-    slot_size = shmm.write_header(memory, slots)
+    slot_size = shmm.write_header(memory, slots, shmm.BYTES)
     notify_r, notify_w = os.pipe()
     ack_r, ack_w = os.pipe()
 
@@ -116,11 +116,10 @@ def make_shm(block: int, slots: int) -> Transport:
 
         def take(payload: memoryview, _more: bool) -> None:
             sink[:] = payload
-            check(sink, reader.seq)
+            check(sink, reader.messages)
 
-        reader.receive(take)
-        if reader.seq != count:
-            raise RuntimeError(f"{reader.seq} blocks arrived of {count}")
+        if not reader.receive(take) or reader.messages != count:
+            raise RuntimeError(f"{reader.messages} blocks arrived of {count}")
 
     return Transport(write, read, (notify_w, ack_r), (notify_r, ack_w))
 

@@ -33,6 +33,10 @@ SEGMENT_SIZE = 4096   # bytes: one page; the kernel rounds a segment up to whole
 SEGMENT_MODE = 0o600  # rw for our own user only. The tutorial's 0o666 lets every
                       # local user read and write the messages (see README.md).
 SLOTS = 1             # message slots in the segment: 1 is the tutorial's lock-step
+MAX_LINE = 1 << 20    # bytes: the longest line text mode carries. processa holds a
+                      # line whole before it prints it (never part of one), so this
+                      # bounds its memory; 1 MiB is far beyond what people type or
+                      # logs hold. Longer lines, or binary data: --raw.
 
 # --- 3. The FIFOs: fifo(7) --------------------------------------------------
 #
@@ -62,7 +66,8 @@ class ExitCode(enum.IntEnum):
     OK = 0                 # finished; everything this process made is removed
     FAILURE = 1            # a system call failed (not as below), or the FIFO directory
                            # is not private
-    USAGE = 2              # bad command line or ftok path (argparse uses 2 too)
+    USAGE = 2              # bad command line or ftok path (argparse uses 2 too), or
+                           # input that text mode cannot carry (use --raw)
     SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not fit
     PERMISSION_DENIED = 4  # the segment's mode does not let this user use it
     NO_READER = 5          # processb: no processa came up within --wait seconds

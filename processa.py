@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import sys
 
 import comm
@@ -69,34 +70,90 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+PREFIX = b"Message received: "
+IOV_MAX = 1024  # buffers one writev(2) takes at most (<limits.h>)
+
+
 class Printer:
-    """Write what arrives to stdout: each whole message as one line, or with
-    --raw the bytes themselves. Unbuffered, so each appears as it comes."""
+    """What arrives, copied out of the segment, to be written to stdout once
+    the slots are handed back (so processb fills them again meanwhile), all of
+    it with one writev(2)."""
 
-    def __init__(self, raw: bool) -> None:
-        self.raw = raw
-        self.parts: list[bytes] = []  # the frames of a message still arriving
+    def __init__(self) -> None:
+        self.count = 0                  # messages (lines) or bytes so far
+        self.parts: list[bytes] = []    # the pieces of a message still arriving
+        self.held = 0                   # bytes in parts
+        self.out: list[bytes] = []      # copied out, not yet written
 
-    def __call__(self, payload: memoryview, more: bool) -> None:
-        if self.raw:
-            write_all(payload)
+    def write(self) -> None:
+        """Write what was copied out to stdout."""
+        write_all(self.out)
+        self.out.clear()
+
+
+class LinePrinter(Printer):
+    """Print each line that arrives as `Message received: LINE`. A record
+    holds whole lines, so the prefix goes in with one replace(), at C speed;
+    the pieces of a long line (flagged MORE) are held until its last one
+    comes, up to comm.MAX_LINE bytes, so that no part of a line is printed
+    as if it were whole."""
+
+    def __call__(self, piece: memoryview, more: bool) -> None:
+        if more or self.parts:
+            self.parts.append(bytes(piece))
+            self.held += len(piece)
+            if self.held > comm.MAX_LINE:
+                raise shmm.CorruptFrame(f"processb sent a line longer than {comm.MAX_LINE}"
+                                        " bytes, the most text mode carries")
+            if more:
+                return
+            text = b"".join(self.parts)
+            self.parts.clear()
+            self.held = 0
         else:
-            # Copy out of the segment now: the slot is handed back after this.
-            self.parts.append(bytes(payload))
-            if not more:
-                write_all(b"Message received: " + b"".join(self.parts) + b"\n")
-                self.parts.clear()
+            text = bytes(piece)
+        if text.endswith(b"\n"):
+            text = text[:-1]
+        self.count += text.count(b"\n") + 1
+        self.out.append(b"".join((PREFIX, text.replace(b"\n", b"\n" + PREFIX), b"\n")))
+
+    def describe(self) -> str:
+        """Say how much arrived."""
+        return f"{self.count} messages"
 
 
-def write_all(data: bytes | memoryview) -> None:
-    """Write all of data to stdout, however many write(2) calls it takes."""
-    view = memoryview(data)
-    try:
-        while view:
-            view = view[os.write(sys.stdout.fileno(), view):]
-    except BrokenPipeError:
-        raise shmm.Refused(ExitCode.FAILURE, "stdout was closed (EPIPE): nobody reads"
-                           " the messages any more") from None
+class BytePrinter(Printer):
+    """Write the bytes that arrive to stdout as they are (--raw)."""
+
+    def __call__(self, piece: memoryview, _more: bool) -> None:
+        self.out.append(bytes(piece))
+        self.count += len(piece)
+
+    def describe(self) -> str:
+        """Say how much arrived."""
+        return f"{self.count} bytes"
+
+
+def write_all(buffers: list[bytes]) -> None:
+    """Write every buffer to stdout, however many writev(2) calls it takes, and
+    waiting when stdout is non-blocking and full."""
+    views = [memoryview(buffer) for buffer in buffers if buffer]
+    while views:
+        try:
+            written = os.writev(1, views[:IOV_MAX])
+        except BlockingIOError:  # EAGAIN: stdout is non-blocking and its reader is behind
+            select.select([], [1], [])
+            continue
+        except BrokenPipeError:
+            raise shmm.Refused(ExitCode.FAILURE, "stdout was closed (EPIPE): nobody reads"
+                               " the messages any more") from None
+        except OSError as err:
+            raise shmm.Refused(ExitCode.FAILURE,
+                               f"writing to stdout: {shmm.describe_errno(err)}") from None
+        while written and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 def log_status(segment: shmm.Segment) -> None:
@@ -114,8 +171,11 @@ def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:
     return fd
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, closed: list[str]) -> int:
     """Create and attach the segment, serve processb, clean up."""
+    if "stdout" in closed:
+        raise shmm.Refused(ExitCode.FAILURE, "stdout is closed (>&-): there is nowhere to print"
+                           " the messages; give processa an open stdout, such as > messages.txt")
     key = shmm.key_from_arguments(args)
     log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, shmm.show_key(key))
     with shmm.Cleanup() as cleanup:
@@ -135,22 +195,46 @@ def serve(args: argparse.Namespace) -> int:
 
 def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
                    args: argparse.Namespace) -> None:
-    """Lay out the slots, make the FIFOs, print what arrives until processb closes."""
-    slot_size = shmm.write_header(memory, args.slots)
+    """Lay out the slots, listen on the FIFOs, print what arrives until processb ends."""
+    slot_size = shmm.write_header(memory, args.slots, shmm.BYTES if args.raw else shmm.LINES)
+    notify_path, ack_path = shmm.fifo_paths(key)
     with shmm.signals_deferred():
-        notify_path, ack_path = cleanup.enter_context(shmm.fifos(key))
-
-    # Each open blocks until processb opens the other end: the ack FIFO
-    # first, then notify (processb opens them in the same order).
+        notify_fd = shmm.listen(cleanup, key, args.slots)
     log.info("waiting for processb on %s", notify_path)
-    ack_fd = opened(cleanup, ack_path, os.O_WRONLY)
-    notify_fd = opened(cleanup, notify_path, os.O_RDONLY)
-    log.debug("a writer opened both FIFOs")
+    ack_fd = opened(cleanup, ack_path, os.O_WRONLY)  # waits until processb opens it
+    shmm.fit_tokens(ack_fd, args.slots)
+    wait_for_sender(notify_fd, notify_path, memory)
 
+    printer = BytePrinter() if args.raw else LinePrinter()
     reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
-    reader.receive(Printer(args.raw))
-    log.info("processb (pid %d) closed the channel after %d messages",
-             shmm.read_header(memory)[2], reader.messages)
+    ended = reader.receive(printer, printer.write)
+    writer = f"processb (pid {shmm.read_header(memory).writer_pid})"
+    if not ended:
+        unprinted = "; the part of a line received was not printed" if printer.parts else ""
+        raise shmm.PeerGone(f"{writer} went away before the end of its stream, after"
+                            f" {printer.describe()}: the output may be incomplete{unprinted}")
+    if printer.parts:
+        raise shmm.CorruptFrame(f"{writer} ended its stream in the middle of a line")
+    log.info("%s closed the channel after %s", writer, printer.describe())
+
+
+def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> None:
+    """Wait until a processb has claimed the channel or sent a frame."""
+    # A processb that was refused (another one writes, the modes differ)
+    # opens and closes notify without a word; so does another processa that
+    # checks whether we listen. Neither is our writer: wait for the next one.
+    # The FIFO keeps reporting the hang-up until a new writer comes, so we
+    # open it afresh onto the same fd number.
+    waiter = select.poll()
+    waiter.register(notify_fd, select.POLLIN)
+    while True:
+        [(_, events)] = waiter.poll()
+        if events & select.POLLIN or shmm.read_header(memory).writer_pid:
+            return
+        log.info("a writer opened %s and closed it without sending; still waiting", notify_path)
+        fresh = os.open(notify_path, os.O_RDONLY | os.O_NONBLOCK)
+        os.dup2(fresh, notify_fd)
+        os.close(fresh)
 
 
 def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview,
@@ -158,21 +242,26 @@ def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview
     """Speak the tutorial's protocol (see shmm.py): print the C string at
     offset 0 each time a byte arrives on ./myfifo."""
     with shmm.signals_deferred():
-        cleanup.enter_context(shmm.fifo(comm.SEED_FIFO, comm.SEED_FIFO_MODE))
+        if shmm.has_reader(comm.SEED_FIFO):
+            raise shmm.Refused(ExitCode.SEGMENT_CONFLICT, f"./{comm.SEED_FIFO} is in use:"
+                               " another reader has it open; stop it first")
+        made = shmm.make_fifo(comm.SEED_FIFO, comm.SEED_FIFO_MODE)
+        cleanup.callback(shmm.unlink_if_ours, comm.SEED_FIFO, made)
     log.info("waiting for a writer on ./%s (the tutorial's protocol)", comm.SEED_FIFO)
     fifo_fd = opened(cleanup, comm.SEED_FIFO, os.O_RDONLY)
     messages = 0
     while os.read(fifo_fd, 1):
-        write_all(b"Message received: " + shmm.read_c_string(memory))  # keeps its newline
+        write_all([PREFIX + shmm.read_c_string(memory)])  # the string keeps its newline
         messages += 1
     log.info("the writer closed ./%s after %d messages", comm.SEED_FIFO, messages)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run processa; return its exit status."""
+    closed = shmm.reopen_closed_standard_streams()
     args = parse_arguments(argv)
     shmm.configure_logging(args.verbose - args.quiet)
-    return shmm.run("processa", lambda: serve(args))
+    return shmm.run("processa", lambda: serve(args, closed))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from shmm import Refused, show_key
 log = logging.getLogger("processb")
 
 PROMPT = "Please enter: "
-READ_SIZE = 1 << 16   # bytes read from stdin at a time when it is not a terminal
+READ_SIZE = 1 << 16   # bytes of lines per frame at most: bounds what processa prints at once
 POLL_INTERVAL = 0.05  # seconds between looks for processa while waiting
 T = TypeVar("T")
 
@@ -162,17 +162,27 @@ def why_not_listening(key: int, waited: float, fifo_path: str) -> str:
 # processb can name it, and so that a processa serves only one processb.
 
 
+def check_stream(memory: memoryview, key: int, raw: bool) -> None:
+    """Refuse to send lines to a processa that expects bytes (--raw), or the other way."""
+    stream = shmm.read_header(memory).stream
+    if stream != (shmm.BYTES if raw else shmm.LINES):
+        option = "with --raw" if stream == shmm.BYTES else "without --raw"
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"processa at key {show_key(key)} expects {shmm.STREAM_NAMES[stream]};"
+                      f" run processb {option}, as processa runs")
+
+
 def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
     """Become processa's only writer, or raise Refused naming the one it has."""
     try:
         fcntl.flock(notify_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = shmm.read_header(memory)[2]
+        holder = shmm.read_header(memory).writer_pid
         who = f"processb pid {holder}" if holder else "another processb"
         raise Refused(ExitCode.WRITER_BUSY,
                       f"{who} is already writing to processa at key {show_key(key)};"
                       " one writer at a time: wait until it has finished") from None
-    served = shmm.read_header(memory)[2]
+    served = shmm.read_header(memory).writer_pid
     if served:
         raise Refused(ExitCode.WRITER_BUSY,
                       f"processa at key {show_key(key)} has already served processb pid"
@@ -198,6 +208,7 @@ def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
         raise shmm.PeerGone("processa has gone away")
 
     def watch(main_thread: int) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, shmm.STOP_SIGNALS)  # they are the main thread's
         poller = select.poll()
         poller.register(ack_fd, 0)  # no events asked for: POLLHUP and POLLERR still come
         poller.poll()
@@ -213,40 +224,120 @@ def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
 
 # --- 4. What to send --------------------------------------------------------------
 #
-# From a terminal: one message per line, edited with readline. From a pipe:
-# stdin in large reads, cut at newlines; a line longer than one read is sent
-# on as more frames of the same message. With --raw: the whole input is one
-# message, streamed in frames as it is read.
+# From a pipe or a file: stdin is read straight into a free slot (readv(2)
+# into a view of the segment), and the frame is sent up to its last newline;
+# the rest, the start of a line, is carried over into the next frame. So a
+# frame holds as many whole lines as fit, and no Python code runs per line.
+# A line longer than a frame goes as several records flagged MORE, up to
+# comm.MAX_LINE bytes. With --raw, the same without the cut. From a
+# terminal: one line per Enter, edited with readline, sent at once.
 
 
-def send_input(writer: shmm.Writer, raw: bool) -> None:
-    """Send stdin through writer until end of input."""
+def send_input(writer: shmm.Writer, raw: bool) -> str:
+    """Send stdin through writer until end of input; say how much was sent."""
     if raw:
-        for chunk in stdin_chunks():
-            writer.send(chunk, more=True)
-            writer.flush()
-    elif sys.stdin.isatty():
-        for line in terminal_lines():
-            writer.send(line)
-            writer.flush()
+        sent = f"{send_bytes(writer)} bytes"
+    elif os.isatty(0):
+        sent = f"{send_typed_lines(writer)} messages"
     else:
-        for chunk in stdin_chunks():
-            *lines, rest = chunk.split(b"\n")
-            for line in lines:
-                writer.send(line)
-            if rest:
-                writer.send(rest, more=True)
-            writer.flush()  # before we may wait for more input
+        sent = f"{send_lines(writer)} messages"
+    log.debug("end of input: sending the END frame, waiting for processa to take every frame")
     writer.close()
+    return sent
 
 
-def stdin_chunks() -> Iterator[bytes]:
-    """Yield stdin in reads of up to READ_SIZE bytes, until end of file."""
+def send_lines(writer: shmm.Writer) -> int:
+    """Send stdin's lines, frame by frame; return how many were sent."""
+    lines = 0
+    tail = b""      # the start of a line that the last frame could not end
+    sent_of_line = 0  # bytes of the current line sent already, flagged MORE
     while True:
-        chunk = os.read(sys.stdin.fileno(), READ_SIZE)
-        if not chunk:
-            return
-        yield chunk
+        room = writer.reserve()[:READ_SIZE]
+        room[:len(tail)] = tail
+        filled = len(tail)
+        while True:  # read until a newline comes or the frame is full
+            got = read_stdin(writer, room[filled:])
+            if not got:
+                return lines + send_last_line(writer, room, filled, sent_of_line)
+            new = bytes(room[filled:filled + got])
+            filled += got
+            last = new.rfind(b"\n")
+            if last >= 0:
+                check_line_length(sent_of_line + filled - got + new.find(b"\n"))
+                end = filled - got + last + 1
+                tail = bytes(room[end:filled])  # copied: the slot goes to processa
+                writer.commit(end)
+                lines += new.count(b"\n")
+                sent_of_line = 0
+                break
+            if filled == len(room):
+                sent_of_line += filled
+                check_line_length(sent_of_line)
+                writer.commit(filled, more=True)
+                tail = b""
+                break
+
+
+def send_last_line(writer: shmm.Writer, room: memoryview, filled: int, sent_of_line: int) -> int:
+    """At end of input, send the last line if it had no newline; return 1 if there was one."""
+    if not filled and not sent_of_line:
+        return 0
+    check_line_length(sent_of_line + filled)
+    if filled < len(room):
+        room[filled] = ord("\n")
+        writer.commit(filled + 1)
+    else:
+        writer.commit(filled, more=True)
+        writer.send(b"\n")
+    return 1
+
+
+def check_line_length(length: int) -> None:
+    """Refuse a line longer than text mode carries."""
+    if length > comm.MAX_LINE:
+        raise Refused(ExitCode.USAGE, f"stdin has a line longer than {comm.MAX_LINE} bytes,"
+                      " the most text mode carries; for such lines or binary data, run both"
+                      " processa and processb with --raw")
+
+
+def send_bytes(writer: shmm.Writer) -> int:
+    """Send stdin as bytes, frame by frame (--raw); return how many were sent."""
+    total = 0
+    while True:
+        room = writer.reserve()
+        got = read_stdin(writer, room)
+        if not got:
+            return total
+        writer.commit(got)
+        total += got
+
+
+def read_stdin(writer: shmm.Writer, room: memoryview) -> int:
+    """Read what stdin has into room, up to its size; return how much, 0 at its end.
+    Frames not yet announced go out first if the read would wait."""
+    waiting = select.poll()
+    waiting.register(0, select.POLLIN)
+    if writer.unannounced and not waiting.poll(0):
+        writer.flush()  # never hold back what was read while we wait for more
+    while True:
+        try:
+            return os.readv(0, [room])
+        except BlockingIOError:  # EAGAIN: stdin is non-blocking and has nothing yet
+            waiting.poll()
+        except OSError as err:
+            raise Refused(ExitCode.FAILURE,
+                          f"reading stdin: {shmm.describe_errno(err)}") from None
+
+
+def send_typed_lines(writer: shmm.Writer) -> int:
+    """Send each line typed at the terminal as soon as Enter is pressed."""
+    lines = 0
+    for line in terminal_lines():
+        check_line_length(len(line))
+        writer.send(line + b"\n")
+        writer.flush()
+        lines += 1
+    return lines
 
 
 def terminal_lines() -> Iterator[bytes]:
@@ -283,8 +374,11 @@ def stdout_on_stderr() -> Iterator[None]:
 # --- 5. The whole run ------------------------------------------------------------
 
 
-def send(args: argparse.Namespace) -> int:
+def send(args: argparse.Namespace, closed: list[str]) -> int:
     """Find processa, attach, send stdin, detach."""
+    if "stdin" in closed:
+        raise Refused(ExitCode.FAILURE, "stdin is closed (<&-): there is nothing to send; give"
+                      " processb a terminal, a pipe or a file, such as < lines.txt")
     key = shmm.key_from_arguments(args)
     log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, show_key(key))
     if args.seed_protocol:
@@ -299,12 +393,13 @@ def send(args: argparse.Namespace) -> int:
             segment = cleanup.enter_context(find_segment(key, args))
             memory = segment.attach()
         log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+        check_stream(memory, key, args.raw)
         take_writer_lock(notify_fd, memory, key)
-        slots, slot_size, _ = shmm.read_header(memory)
-        writer = shmm.Writer(memory, slots, slot_size, notify_fd, ack_fd)
+        layout = shmm.read_header(memory)
+        writer = shmm.Writer(memory, layout.slots, layout.slot_size, notify_fd, ack_fd)
         with stop_when_processa_leaves(ack_fd):
-            send_input(writer, args.raw)
-        log.info("sent %d messages; processa has taken them all", writer.messages)
+            sent = send_input(writer, args.raw)
+        log.info("sent %s; processa has taken them all", sent)
     return ExitCode.OK
 
 
@@ -358,9 +453,10 @@ def open_tutorial_fifo() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run processb; return its exit status."""
+    closed = shmm.reopen_closed_standard_streams()
     args = parse_arguments(argv)
     shmm.configure_logging(args.verbose - args.quiet)
-    return shmm.run("processb", lambda: send(args))
+    return shmm.run("processb", lambda: send(args, closed))
 
 
 if __name__ == "__main__":

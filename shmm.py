@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import pwd
@@ -49,7 +50,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import comm
 from comm import ExitCode
@@ -175,9 +176,13 @@ class CorruptFrame(Refused):
 
 def describe(err: OSError) -> str:
     """Say what failed and why: 'shmget(key=0x46010004, ...): EEXIST (File exists)'."""
-    name = errno.errorcode.get(err.errno or 0, f"errno {err.errno}")
     what = err.filename if err.filename is not None else "a system call"
-    return f"{what}: {name} ({err.strerror})"
+    return f"{what}: {describe_errno(err)}"
+
+
+def describe_errno(err: OSError) -> str:
+    """Name an error as C programmers know it: 'ENOSPC (No space left on device)'."""
+    return f"{errno.errorcode.get(err.errno or 0, f'errno {err.errno}')} ({err.strerror})"
 
 
 # --- 3. The key: ftok(3) ------------------------------------------------------
@@ -377,42 +382,67 @@ class Segment(contextlib.AbstractContextManager):
 #
 # The tutorial's segment held one C string: no length, no way to send more
 # than 4096 bytes, no way to tell our segment from anyone else's. Ours starts
-# with a header and is cut into slots of equal size; each slot holds one
-# frame: a frame header, then up to `capacity` bytes of the message.
+# with a header and is cut into slots of equal size. Each slot holds one
+# frame: a frame header, then records, each a record header and its bytes.
 #
 #   offset 0           64                  64 + slot_size
 #   +------------------+-------------------+-------------------+----
 #   | segment header   | slot 0            | slot 1            | ...
 #   +------------------+-------------------+-------------------+----
-#                      | frame header | payload ...            |
+#                      | frame header | record | record | ...  |
 #                      0              64                       slot_size
 #
 #   segment header (HEADER, 64 bytes reserved), written by processa:
-#     magic       8 bytes  b"shmm.py1": this program made it; layout 1
+#     magic       8 bytes  b"shmm.py2": this program made it; layout 2
 #     slots       u32      number of slots
 #     slot_size   u32      bytes per slot, frame header included
 #     writer_pid  i32      the processb that holds the channel; 0: none yet
+#     stream      u32      what the records carry: LINES or BYTES (--raw)
 #   frame header (FRAME, 64 bytes reserved), written by processb:
-#     magic       4 bytes  b"frm1"
-#     length      u32      payload bytes in this frame
-#     flags       u32      MORE: the message goes on in the next frame
+#     magic       4 bytes  b"frm2"
+#     length      u32      bytes of records in this frame
+#     flags       u32      END: the writer's last frame; it has sent everything
 #     seq         u64      frame number, from 0: frame n is in slot n % slots
+#   record header (RECORD, 8 bytes), then `length` bytes:
+#     length      u32      bytes in this record
+#     flags       u32      MORE: the message goes on in the next record
 #
-# A message longer than one payload travels as several frames, each but the
-# last flagged MORE. The reader checks every frame header (magic, seq, a
-# length that fits the slot) before it touches the payload, so a corrupt or
+# A frame carries as many records as fit, so that many small messages cost
+# one frame, one token each way and (in processa) one write(2). A message
+# longer than what is left of a frame goes on in the next frames, each piece
+# but the last flagged MORE. In LINES streams a record holds whole lines,
+# newline included, or part of one long line (MORE); in BYTES streams it
+# holds bytes, with no boundaries that matter. The writer ends with a frame
+# flagged END: a reader that meets end of file without it knows that the
+# stream was cut short.
+#
+# The reader checks every header (magic, seq, lengths that fit the frame
+# and the slot) before it touches the bytes behind it, so a corrupt or
 # foreign header can never make it read past the end of the segment.
-# Both headers take 64 bytes, one cache line, so every payload starts on a
-# 64-byte boundary, where memcpy runs fastest. Integers are in the machine's
-# own byte order: the segment never leaves this machine.
+# Integers are in the machine's own byte order: the segment never leaves
+# this machine.
 
-HEADER = struct.Struct("=8sIIi")  # magic, slots, slot_size, writer_pid
-HEADER_SIZE = 64                  # bytes reserved for it at offset 0
-MAGIC = b"shmm.py1"
-FRAME = struct.Struct("=4sIIQ")   # magic, length, flags, seq
-FRAME_SIZE = 64                   # bytes reserved for it at the start of a slot
-FRAME_MAGIC = b"frm1"
-MORE = 1                          # frame flag: the message continues
+HEADER = struct.Struct("=8sIIiI")  # magic, slots, slot_size, writer_pid, stream
+HEADER_SIZE = 64                   # bytes reserved for it at offset 0
+MAGIC = b"shmm.py2"
+FRAME = struct.Struct("=4sIIQ")    # magic, length, flags, seq
+FRAME_SIZE = 64                    # bytes reserved for it: payloads start on a cache line
+FRAME_MAGIC = b"frm2"
+END = 1                            # frame flag: the writer's last frame
+RECORD = struct.Struct("=II")      # length, flags
+MORE = 1                           # record flag: the message goes on in the next record
+LINES = 1                          # stream: whole lines, each ending in a newline
+BYTES = 2                          # stream: bytes as they came (--raw)
+STREAM_NAMES = {LINES: "lines", BYTES: "bytes (--raw)"}
+
+
+class Layout(NamedTuple):
+    """What the segment header says."""
+
+    slots: int        # number of slots
+    slot_size: int    # bytes per slot, frame header included
+    writer_pid: int   # the processb that holds the channel; 0: none yet
+    stream: int       # LINES or BYTES
 
 
 def slot_size_for(segment_size: int, slots: int) -> int:
@@ -422,35 +452,40 @@ def slot_size_for(segment_size: int, slots: int) -> int:
 
 
 def segment_size(slots: int, payload: int = 64) -> int:
-    """Return the segment size that gives each of `slots` slots room for
-    `payload` bytes (by default the least a slot may hold: 64)."""
-    return HEADER_SIZE + slots * (FRAME_SIZE + -(-payload // 64) * 64)
+    """Return the segment size that gives each of `slots` slots room for one
+    record of `payload` bytes (by default the least a slot may hold: 64)."""
+    return HEADER_SIZE + slots * (FRAME_SIZE + -(-(RECORD.size + payload) // 64) * 64)
 
 
-def write_header(memory: memoryview, slots: int) -> int:
+def write_header(memory: memoryview, slots: int, stream: int) -> int:
     """Lay out a fresh segment for `slots` slots; return the slot size."""
     slot_size = slot_size_for(len(memory), slots)
-    HEADER.pack_into(memory, 0, MAGIC, slots, slot_size, 0)
+    HEADER.pack_into(memory, 0, MAGIC, slots, slot_size, 0, stream)
     return slot_size
 
 
-def read_header(memory: memoryview) -> tuple[int, int, int]:
-    """Return (slots, slot_size, writer_pid) from a segment processa laid out."""
-    magic, slots, slot_size, writer_pid = HEADER.unpack_from(memory, 0)
+def read_header(memory: memoryview) -> Layout:
+    """Return the layout of a segment processa laid out."""
+    magic, *fields = HEADER.unpack_from(memory, 0)
+    layout = Layout(*fields)
     if magic != MAGIC:
         raise Refused(ExitCode.SEGMENT_CONFLICT,
                       f"the segment has no {MAGIC.decode()} header (it starts with {magic!r}):"
-                      " it was not made by processa; pick another key with --proj-id")
-    if slots < 1 or slot_size < FRAME_SIZE + 1 or HEADER_SIZE + slots * slot_size > len(memory):
-        raise CorruptFrame(f"the segment header says {slots} slots of {slot_size} bytes,"
-                           f" which do not fit in its {len(memory)} bytes")
-    return slots, slot_size, writer_pid
+                      " it was not made by this version of processa; pick another key with"
+                      " --proj-id")
+    if (layout.slots < 1 or layout.slot_size < FRAME_SIZE + RECORD.size + 1
+            or HEADER_SIZE + layout.slots * layout.slot_size > len(memory)
+            or layout.stream not in STREAM_NAMES):
+        raise CorruptFrame(f"the segment header says {layout.slots} slots of"
+                           f" {layout.slot_size} bytes carrying stream {layout.stream}, which"
+                           f" do not fit in its {len(memory)} bytes")
+    return layout
 
 
 def claim_header(memory: memoryview, writer_pid: int) -> None:
     """Record in the header which processb holds the writing end."""
-    magic, slots, slot_size, _ = HEADER.unpack_from(memory, 0)
-    HEADER.pack_into(memory, 0, magic, slots, slot_size, writer_pid)
+    magic, slots, slot_size, _, stream = HEADER.unpack_from(memory, 0)
+    HEADER.pack_into(memory, 0, magic, slots, slot_size, writer_pid, stream)
 
 
 # --- 10. A segment left behind -------------------------------------------------------
@@ -460,6 +495,7 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 # sysv_shmem.c shows how to decide what to do: read the segment's nattch
 # (IPC_STAT does not attach, so does not change it) and look for our magic.
 #
+#   another user created it    never touch it (root could remove anyone's)
 #   nattch > 0                 somebody uses it: never touch it
 #   nattch 0, our magic        a crashed processa's: remove it and go on
 #   nattch 0, all zeros        a processa killed between shmget and writing
@@ -467,12 +503,19 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 #                              its creator is alive and still setting it up)
 #   anything else              not ours: refuse, and say how to pick a key
 #
+# Looking takes several steps, and another processa may start between them:
+# read nattch 0, then it attaches and writes its magic, then we read the
+# magic and would remove a live segment. So we attach first, read the
+# header, and only then read nattch again: if it is exactly 1 (us), no
+# other process was attached when we read the header, so the magic we saw
+# was left by a process that has gone, and the segment is a leftover. (A
+# processa that makes a segment stays attached until it removes it.) We
+# remove it while still attached; the kernel frees it when we detach.
+#
 # PostgreSQL dropped "is the creator's pid alive?" as a test of staleness,
 # because pids are reused. We ask it only of an all-zero header, and only to
 # refuse: a reused pid then makes us wait for nothing, never remove a
-# segment in use. Two processa racing here are safe: one removes the
-# segment; the other finds it gone (ENOENT, EINVAL or EIDRM), tries again,
-# and then finds the first one's new segment, attached, and refuses.
+# segment in use.
 
 
 def remove_leftover(key: int) -> int:
@@ -485,26 +528,40 @@ def remove_leftover(key: int) -> int:
     except PermissionError:
         raise Refused(ExitCode.SEGMENT_CONFLICT, f"{where}, which belongs to another user;"
                       " pick another key with --proj-id or --path") from None
-    if status.shm_nattch:
+    creator = status.shm_perm.cuid
+    if creator != os.geteuid():
         raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"{where}, in use by {status.shm_nattch} attached process(es), created by"
-                      f" pid {status.shm_cpid}. Is processa already running? Stop it first, or"
-                      " pick another key with --proj-id")
+                      f"{where}, created by {user_name(creator)} (uid {creator}), not by us:"
+                      f" only they can remove it; pick another key with --proj-id or --path")
+    if status.shm_nattch:
+        raise in_use(where, status.shm_nattch, status.shm_cpid)
     try:
         start = bytes(segment.attach(readonly=True)[:HEADER_SIZE])
+        others = segment.status().shm_nattch - 1  # we are attached too now
+        if others:
+            raise in_use(where, others, status.shm_cpid)
+        if start == bytes(HEADER_SIZE) and process_exists(status.shm_cpid):
+            raise Refused(ExitCode.SEGMENT_CONFLICT,
+                          f"{where}, which pid {status.shm_cpid} has just created and is"
+                          " setting up; is another processa starting? Try again in a moment")
+        if not start.startswith(MAGIC) and start != bytes(HEADER_SIZE):
+            raise Refused(ExitCode.SEGMENT_CONFLICT,
+                          f"{where}, which processa did not make (or a processa"
+                          " --seed-protocol, whose format has no header to tell); pick another"
+                          " key with --proj-id or --path, or, if you know that nobody uses it,"
+                          f" remove it with: ipcrm -m {segment.shmid}")
+        segment.remove()
     finally:
         segment.detach()
-    if start == bytes(HEADER_SIZE) and process_exists(status.shm_cpid):
-        raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"{where}, which pid {status.shm_cpid} has just created and is setting"
-                      " up; is another processa starting? Try again in a moment")
-    if not start.startswith(MAGIC) and start != bytes(HEADER_SIZE):
-        raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"{where}, which processa did not make; pick another key with --proj-id"
-                      " or --path (or, if you know that nobody uses it, remove it with:"
-                      f" ipcrm -m {segment.shmid})")
-    segment.remove()
     return segment.shmid
+
+
+def in_use(where: str, nattch: int, creator: int) -> Refused:
+    """Say that the segment at our key is in use, by whom, and what to do."""
+    return Refused(ExitCode.SEGMENT_CONFLICT,
+                   f"{where}, in use by {nattch} attached process(es), created by pid {creator}."
+                   " Is processa already running? Stop it first, or pick another key with"
+                   " --proj-id")
 
 
 def process_exists(pid: int) -> bool:
@@ -516,6 +573,14 @@ def process_exists(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, but belongs to someone else
     return True
+
+
+def user_name(uid: int) -> str:
+    """Return the login name for uid, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def create_segment(key: int, size: int, mode: int) -> Segment:
@@ -560,8 +625,41 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # key alone, from any directory, and nobody else can replace them. /tmp is
 # open to all, so the directory is checked: ours, mode 0700, not a symlink.
 #
+# The handshake. Each open(2) of a FIFO waits for the other end, unless it
+# is made with O_NONBLOCK; these are the four opens, in order:
+#
+#   processa                                 processb
+#   1. notify, read, O_NONBLOCK: at once;
+#      from now on processa is "listening"
+#   2. ack, write: waits for a reader  <---  3. ack, read, O_NONBLOCK: at once,
+#                                                and lets processa's open go on
+#                                            4. notify, write, O_NONBLOCK: works
+#                                                only if a reader has it open;
+#                                                ENXIO: no processa listens
+#
+# So a FIFO "has a reader" exactly while a processa listens on it, and an
+# O_NONBLOCK open for writing tells, without waiting: that is how processb
+# finds processa (ENOENT or ENXIO: not yet), and how a processa tells a
+# leftover FIFO, which it may replace, from one that another processa is
+# reading, which it must not. Making and replacing happen under an flock(2)
+# of the directory, so two processa starting at once cannot both decide
+# that the same FIFO is a leftover. At the end, processa unlinks each FIFO
+# only if it is still the one it made (same st_dev and st_ino), and does so
+# while it still reads notify, so that no other processa can take its FIFOs
+# for leftovers in the meantime.
+#
+# A token FIFO must hold every token of a full ring: if both sides blocked in
+# write(2) at once, each waiting for the other to read, they would wait for
+# ever. A pipe holds 64 KiB by default, but only 8 KiB for a user who holds
+# many pipes already (/proc/sys/fs/pipe-user-pages-soft); fcntl(2)
+# F_SETPIPE_SZ asks for more, F_GETPIPE_SZ says what we got.
+#
 # Closing a FIFO is also how each side learns that the other has gone:
 # read(2) returns 0 (end of file), write(2) fails with EPIPE.
+
+F_SETPIPE_SZ = 1031  # fcntl(2) commands from <fcntl.h>; Python names them only from 3.10
+F_GETPIPE_SZ = 1032
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def fifo_directory() -> str:
@@ -587,22 +685,58 @@ def check_private(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def fifos(key: int) -> Iterator[tuple[str, str]]:
-    """Make the notify and ack FIFOs for key; remove them when the block ends."""
+def locked(directory: str) -> Iterator[None]:
+    """Hold an exclusive flock(2) on directory for the length of the block."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def has_reader(path: str) -> bool:
+    """Tell whether path is a FIFO that some process has open for reading."""
+    try:
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            return False
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        if err.errno != errno.ENXIO:
+            raise
+        return False
+    return True
+
+
+def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
+    """Make the notify and ack FIFOs for key and open notify for reading (steps
+    1 of the handshake); return its fd. The cleanup unlinks both FIFOs, if they
+    are still ours, and then closes the fd."""
     directory = fifo_directory()
     with contextlib.suppress(FileExistsError):
         os.mkdir(directory, 0o700)
     check_private(directory)
-    with contextlib.ExitStack() as made:
+    with locked(directory):
         for path in fifo_paths(key):
-            made.enter_context(fifo(path, comm.FIFO_MODE))
-        yield fifo_paths(key)
+            if has_reader(path):
+                raise Refused(ExitCode.SEGMENT_CONFLICT,
+                              f"{path} is in use: another processa listens at key"
+                              f" {show_key(key)} (was its segment removed by hand?); stop it"
+                              " first, or pick another key with --proj-id")
+        made = [make_fifo(path, comm.FIFO_MODE) for path in fifo_paths(key)]
+        notify_fd = os.open(fifo_paths(key)[0], os.O_RDONLY | os.O_NONBLOCK)
+    cleanup.callback(os.close, notify_fd)
+    for path, identity in zip(fifo_paths(key), made):
+        cleanup.callback(unlink_if_ours, path, identity)
+    fit_tokens(notify_fd, slots)
+    return notify_fd
 
 
-@contextlib.contextmanager
-def fifo(path: str, mode: int) -> Iterator[str]:
-    """Make a FIFO at path (replacing one a crashed processa left there) and
-    remove it when the block ends."""
+def make_fifo(path: str, mode: int) -> tuple[int, int]:
+    """Make a FIFO at path, replacing one that nobody reads (a crashed run left
+    it); return its (st_dev, st_ino), to know it again."""
     try:
         os.mkfifo(path, mode)
     except FileExistsError:
@@ -611,24 +745,51 @@ def fifo(path: str, mode: int) -> Iterator[str]:
         log.warning("replacing %s, left by a processa that did not clean up", path)
         os.unlink(path)
         os.mkfifo(path, mode)
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino
+
+
+def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
+    """Unlink the FIFO at path if it is still the one we made; warn if not."""
     try:
-        yield path
-    finally:
-        os.unlink(path)
-        log.info("removed %s", path)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        log.warning("%s was removed while we ran (by hand?): nothing to remove", path)
+        return
+    if (info.st_dev, info.st_ino) != identity:
+        log.warning("%s is no longer the FIFO we made: left it alone", path)
+        return
+    os.unlink(path)
+    log.info("removed %s", path)
+
+
+def fit_tokens(fd: int, slots: int) -> None:
+    """Make the token FIFO at fd hold a full ring's tokens, or refuse to start."""
+    # A pipe keeps its bytes in pages and may leave the last one partly used,
+    # so it needs a page more than the tokens themselves.
+    needed = slots + PAGE_SIZE
+    size = fcntl.fcntl(fd, F_GETPIPE_SZ)
+    if size < needed:
+        try:
+            size = fcntl.fcntl(fd, F_SETPIPE_SZ, needed)
+        except PermissionError:  # EPERM: over this user's share; size stays as it was
+            pass
+    if size < needed:
+        raise Refused(ExitCode.USAGE,
+                      f"--slots {slots} needs FIFOs that hold {needed} bytes, but this user's"
+                      f" pipes hold {size} (it holds many pipes already: see"
+                      f" /proc/sys/fs/pipe-user-pages-soft); choose --slots"
+                      f" {max(1, size - PAGE_SIZE)} or fewer")
 
 
 def connect_writer(key: int) -> tuple[int, int]:
-    """Open processa's FIFOs as the writer, without waiting: return (notify_fd,
-    ack_fd), or raise FileNotFoundError or ENXIO while processa is not there."""
+    """Open processa's FIFOs as the writer (steps 3 and 4 of the handshake),
+    without waiting: return (notify_fd, ack_fd), or raise FileNotFoundError or
+    ENXIO while no processa listens."""
     notify_path, ack_path = fifo_paths(key)
     check_private(os.path.dirname(notify_path))
-    # Opening for reading with O_NONBLOCK always succeeds; processa, blocked
-    # in opening the ack FIFO for writing, goes on once we have it open.
     ack_fd = os.open(ack_path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        # Opening for writing with O_NONBLOCK fails with ENXIO unless a reader
-        # has the FIFO open: so success means processa is alive and listening.
         notify_fd = os.open(notify_path, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:
         os.close(ack_fd)
@@ -644,21 +805,20 @@ def connect_writer(key: int) -> tuple[int, int]:
 # The FIFOs count: a byte on notify is one more full slot, a byte on ack one
 # more free slot, which is how a pipe works inside. Each side reads all the
 # bytes waiting with one read(2), and writes as many as it has with one
-# write(2), so that under load a message costs far less than a system call.
+# write(2), so that under load a frame costs far less than a system call;
+# and a frame carries as many messages as fit, so a message costs less still.
 #
 # With one slot (the default) this is the tutorial's lock-step, completed:
-# fill, announce, wait for the ack. Done plainly, every message then costs
-# two wake-ups of the other process, about 25 us each on these machines, so
-# 4 KiB messages move at a thirtieth of a pipe's speed (bench_shm.py, case
-# posix_shm). Two things fix it. With N slots the writer announces its
-# frames half a ring at a time, so the reader empties one half while the
-# writer fills the other. And a side that finds no token polls the FIFO a
-# little before it sleeps (TokenReader). Measured here: 64-byte messages at
-# a pipe's rate with 16 slots, 1 MiB blocks at 17 times a pipe's with one.
+# fill, announce, wait for the ack. Done plainly, every frame then costs
+# two wake-ups of the other process, about 25 us each on these machines.
+# Two things help. With N slots the writer announces its frames half a ring
+# at a time, so the reader empties one half while the writer fills the
+# other. And a side that finds no token polls the FIFO a little before it
+# sleeps (TokenReader).
 
-MAX_SLOTS = 65536                      # so a full ring's tokens fit in a FIFO's 64 KiB
-TOKENS = memoryview(b"!" * MAX_SLOTS)  # what a flush or an ack writes: one byte per frame
-SPIN_SECONDS = 100e-6              # how long to poll a token FIFO before sleeping on it
+MAX_SLOTS = 65536                      # slots at most; fit_tokens sizes the FIFOs for them
+TOKENS = memoryview(b"!" * MAX_SLOTS)  # what an announcement or an ack writes: a byte a frame
+SPIN_SECONDS = 100e-6                  # how long to poll a token FIFO before sleeping on it
 
 
 class Ring:
@@ -669,11 +829,10 @@ class Ring:
         self.memory = memory
         self.slots = slots
         self.slot_size = slot_size
-        self.capacity = slot_size - FRAME_SIZE  # payload bytes per frame
+        self.capacity = slot_size - FRAME_SIZE  # bytes of records per frame
         self.notify_fd = notify_fd
         self.ack_fd = ack_fd
         self.seq = 0              # number of the next frame
-        self.in_message = False   # the last frame said MORE
         self.messages = 0         # whole messages so far
 
     def slot(self, seq: int) -> int:
@@ -711,27 +870,56 @@ class TokenReader:
 
 
 class Writer(Ring):
-    """processb's end: put messages into slots and announce them."""
+    """processb's end: put messages into frames, frames into slots, and announce them.
+
+    send() gathers messages into the open frame; reserve() and commit() let a
+    caller fill a frame in place (processb reads stdin straight into it).
+    Frames go out in batches: flush() when there is nothing more to send for
+    now, and close() at the end."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.free = self.slots             # slots the reader has handed back
+        self.fill = 0                      # bytes of records in the open frame
         self.unannounced = 0               # frames filled, not yet announced
         self.batch = max(1, self.slots // 2)  # frames announced at a time
         self.acks = TokenReader(self.ack_fd, self.slots)
 
-    def send(self, data: bytes | memoryview, more: bool = False) -> None:
-        """Send data as a message, or as part of one when more is True. Frames
-        go out in batches: flush() when there is nothing more to send for now."""
-        if len(data) <= self.capacity:
-            self._put(data, more)
-            return
-        view = memoryview(data)
-        for start in range(0, len(view), self.capacity):
-            self._put(view[start:start + self.capacity], more or start + self.capacity < len(view))
+    def send(self, message: bytes | memoryview) -> None:
+        """Add a message to the open frame; one longer than what is left goes on
+        in the next frames, as records flagged MORE."""
+        view = memoryview(message)
+        while True:
+            room = self.capacity - self.fill - RECORD.size
+            if len(view) <= room:
+                self._record(view, 0)
+                return
+            if self.fill and len(view) <= self.capacity - RECORD.size:
+                self._publish()  # it fits whole in a fresh frame
+                continue
+            self._record(view[:room], MORE)
+            view = view[room:]
+
+    def reserve(self) -> memoryview:
+        """Return the room of a fresh frame for one record, to be filled in place."""
+        if self.fill:
+            self._publish()
+        self._wait_for_free_slot()
+        start = self.slot(self.seq) + FRAME_SIZE + RECORD.size
+        return self.memory[start:start + self.capacity - RECORD.size]
+
+    def commit(self, length: int, more: bool = False) -> None:
+        """Send the first length bytes of the reserved room as one record."""
+        RECORD.pack_into(self.memory, self.slot(self.seq) + FRAME_SIZE, length,
+                         MORE if more else 0)
+        self.fill = RECORD.size + length
+        self.messages += not more
+        self._publish()
 
     def flush(self) -> None:
-        """Announce every frame filled so far, with one write(2) to notify."""
+        """Send the open frame and announce every frame not yet announced."""
+        if self.fill:
+            self._publish()
         if self.unannounced:
             try:
                 os.write(self.notify_fd, TOKENS[:self.unannounced])
@@ -740,28 +928,42 @@ class Writer(Ring):
             self.unannounced = 0
 
     def close(self) -> None:
-        """End a message left open, then wait until the reader has taken every frame."""
-        if self.in_message:
-            self._put(b"", more=False)
+        """Send the END frame, then wait until the reader has taken every frame."""
+        self.flush()
+        self._wait_for_free_slot()
+        self._publish(END)
         self.flush()
         while self.free < self.slots:
             self._collect_acks()
 
-    def _put(self, piece: bytes | memoryview, more: bool) -> None:
-        """Copy one frame into the next free slot."""
-        if self.free == 0:
-            self.flush()
-            self._collect_acks()
-        start = self.slot(self.seq)
-        self.memory[start + FRAME_SIZE:start + FRAME_SIZE + len(piece)] = piece
-        FRAME.pack_into(self.memory, start, FRAME_MAGIC, len(piece), MORE if more else 0, self.seq)
+    def _record(self, piece: memoryview, flags: int) -> None:
+        """Copy one record into the open frame, opening one if none is."""
+        if not self.fill:
+            self._wait_for_free_slot()
+        start = self.slot(self.seq) + FRAME_SIZE + self.fill
+        RECORD.pack_into(self.memory, start, len(piece), flags)
+        self.memory[start + RECORD.size:start + RECORD.size + len(piece)] = piece
+        self.fill += RECORD.size + len(piece)
+        self.messages += not flags
+        if self.capacity - self.fill <= RECORD.size:
+            self._publish()  # no room for another record
+
+    def _publish(self, flags: int = 0) -> None:
+        """Write the open frame's header: from now on it may be announced."""
+        FRAME.pack_into(self.memory, self.slot(self.seq), FRAME_MAGIC, self.fill, flags,
+                        self.seq)
         self.seq += 1
         self.free -= 1
+        self.fill = 0
         self.unannounced += 1
-        self.in_message = more
-        self.messages += not more
         if self.unannounced >= self.batch:
             self.flush()
+
+    def _wait_for_free_slot(self) -> None:
+        """Return once the slot of frame seq is free; announce what we have first."""
+        while not self.free:
+            self.flush()
+            self._collect_acks()
 
     def _collect_acks(self) -> None:
         """Wait for the reader to free at least one slot; take every ack waiting."""
@@ -774,36 +976,57 @@ class Writer(Ring):
 class Reader(Ring):
     """processa's end: take announced frames out of their slots, in order."""
 
-    def receive(self, deliver: Callable[[memoryview, bool], None]) -> None:
-        """Call deliver(payload, more) for each frame until the writer closes.
-        payload is a view into the segment, valid only during the call."""
+    def receive(self, deliver: Callable[[memoryview, bool], None],
+                handed_back: Callable[[], None] = lambda: None) -> bool:
+        """Call deliver(piece, more) for each record until the writer's END frame,
+        and return True once the writer has closed notify; return False if it
+        closed notify without one. piece is a view into the segment, valid only
+        during the call. handed_back() is called each time the frames taken so
+        far have been handed back: what deliver copied out can be written then,
+        while the writer fills the slots again."""
         notices = TokenReader(self.notify_fd, self.slots)
         while True:
             announced = notices.take()
             if not announced:
-                break
-            for _ in range(announced):
-                with self._frame() as payload:
-                    deliver(payload, self.in_message)
-                self.seq += 1
-                self.messages += not self.in_message
+                return False
+            for taken in range(1, announced + 1):
+                if self._take_frame(deliver):
+                    self._acknowledge(taken)
+                    handed_back()
+                    return self._wait_for_close(notices, announced - taken)
             self._acknowledge(announced)
-        if self.in_message:
-            raise PeerGone("processb went away in the middle of a message;"
-                           " the part received was not printed")
+            handed_back()
 
-    def _frame(self) -> memoryview:
-        """Check the header of frame seq and return a view of its payload."""
+    def _wait_for_close(self, notices: TokenReader, extra: int) -> bool:
+        """After the END frame, wait until the writer closes notify, so that it
+        leaves first; return True."""
+        if extra or notices.take():
+            raise CorruptFrame(f"frames were announced after the END frame {self.seq - 1}")
+        return True
+
+    def _take_frame(self, deliver: Callable[[memoryview, bool], None]) -> bool:
+        """Check frame seq, deliver its records; return True if it was the END frame."""
+        memory = self.memory
         start = self.slot(self.seq)
-        magic, length, flags, seq = FRAME.unpack_from(self.memory, start)
-        if magic != FRAME_MAGIC or seq != self.seq or flags & ~MORE:
+        magic, length, flags, seq = FRAME.unpack_from(memory, start)
+        if magic != FRAME_MAGIC or seq != self.seq or flags & ~END:
             raise CorruptFrame(f"frame {self.seq} at offset {start} has a bad header"
                                f" (magic {magic!r}, seq {seq}, flags {flags:#x})")
         if length > self.capacity:
             raise CorruptFrame(f"frame {self.seq} claims {length} bytes; its slot holds"
                                f" {self.capacity}: refusing to read past it")
-        self.in_message = bool(flags & MORE)
-        return self.memory[start + FRAME_SIZE:start + FRAME_SIZE + length]
+        at, end = start + FRAME_SIZE, start + FRAME_SIZE + length
+        while at < end:
+            size, more = RECORD.unpack_from(memory, at) if end - at >= RECORD.size else (-1, 0)
+            at += RECORD.size
+            if not 0 <= size <= end - at or more & ~MORE:
+                raise CorruptFrame(f"frame {self.seq} holds a record of {size} bytes"
+                                   f" (flags {more:#x}) that does not fit in it")
+            deliver(memory[at:at + size], more == MORE)
+            self.messages += not more
+            at += size
+        self.seq += 1
+        return flags == END
 
     def _acknowledge(self, count: int) -> None:
         """Hand count slots back to the writer."""
@@ -812,7 +1035,7 @@ class Reader(Ring):
         except BrokenPipeError:
             # A writer that ends cleanly waits for every ack, so it died. The
             # frames it announced are still in the notify FIFO: keep reading;
-            # end of file will tell whether it left a message half sent.
+            # end of file without an END frame tells the caller.
             log.warning("processb went away without waiting for its acknowledgements")
 
 
@@ -928,6 +1151,28 @@ def configure_logging(verbosity: int) -> None:
     handler.setFormatter(TutorialFormatter())
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     logging.basicConfig(level=level, handlers=[handler])
+
+
+STANDARD_STREAMS = ("stdin", "stdout", "stderr")  # fds 0, 1 and 2
+
+
+def reopen_closed_standard_streams() -> list[str]:
+    """Point each closed standard fd at /dev/null; return the names of those
+    that were closed (a caller started us with `>&-` or `<&-`)."""
+    # Otherwise the next open(2) takes the free number: a FIFO opened as fd 1
+    # would receive what we print. Python leaves sys.stdout None then, which
+    # print() and input() do not expect.
+    closed = []
+    for fd, name in enumerate(STANDARD_STREAMS):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open(os.devnull, os.O_RDWR), fd)  # the open takes fd itself, or a lower one
+            closed.append(name)
+        if getattr(sys, name) is None:
+            stream = open(fd, "w" if fd else "r", closefd=False)  # noqa: SIM115 - for good
+            setattr(sys, name, stream)
+    return closed
 
 
 def run(program: str, body: Callable[[], int]) -> int:
@@ -1073,14 +1318,6 @@ def all_segments() -> Iterator[tuple[int, shmid_ds]]:
                 raise
             continue
         yield shmid, status
-
-
-def user_name(uid: int) -> str:
-    """Return the login name for uid, or the number when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def ipcs_line(shmid: int, status: shmid_ds) -> str:
