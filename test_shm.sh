@@ -93,6 +93,7 @@ segment_exists() {
     awk -v id="$1" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' /proc/sysvipc/shm
 }
 segment_gone() { ! segment_exists "$1"; }
+segment_at_key() { [[ -n $(shmid_of "$key") ]]; }
 
 # ipcs_field KEY COLUMN: a column of the `ipcs -m` line for KEY
 # (1 key, 2 shmid, 3 owner, 4 perms, 5 bytes, 6 nattch, 7 status).
@@ -831,6 +832,189 @@ test_signals_to_either_side_while_connected_or_mid_message() {
             done
         done
     done
+}
+
+# --- Integrity: nothing lost silently, nothing removed that is not ours ------------
+
+# stream_is_cut MODE: processb streams a long input (MODE: lines or --raw) and
+# is killed with it half sent; processa must not take that for a clean end.
+stream_is_cut() {
+    local raw=()
+    [[ $1 == --raw ]] && raw=(--raw)
+    next_key
+    start_reader a "${raw[@]}" || return 1
+    open_input b
+    start b processb.py "${raw[@]}" <"$work/b.in"
+    seq 1000000 >&"$input" &
+    pid[feeder]=$!
+    must "processa to have printed some of it" wait_for [ -s "$work/a.out" ] || return 1
+    kill -KILL "${pid[b]}" "${pid[feeder]}"
+    finish feeder 137 && finish b 137 && finish a 7 || return 1
+    must "one error line saying the stream may be incomplete ($1)" one_error a \
+        "went away before the end of its stream, after" || return 1
+    must "the output may be incomplete ($1)" logged a "the output may be incomplete" || return 1
+    must "no segment, no FIFOs" no_segment && no_fifos || return 1
+    exec {input}>&-
+}
+
+test_a_stream_cut_by_kill_9_is_exit_7_not_a_clean_end() {
+    stream_is_cut lines && stream_is_cut --raw
+}
+
+test_a_second_processa_never_takes_the_fifos_of_a_live_one() {
+    next_key
+    start_reader a || return 1
+    local first
+    first=$(shmid_of "$key")
+    ipcrm -m "$first" # now "dest": the key is free for a second processa
+    start a2 processa.py
+    finish a2 3 || return 1
+    must "one error line: the FIFO is in use" one_error a2 "is in use: another processa listens" ||
+        return 1
+    must "the second one's segment removed" no_segment || return 1
+    must "the first one's FIFOs still there" [ -p "$fifo_dir/$key.notify" ] || return 1
+    must "the first one still listening" running a || return 1
+    kill -TERM "${pid[a]}"
+    finish a 143 || return 1
+    must "the first one to remove its own FIFOs" no_fifos
+}
+
+test_fifos_removed_by_hand_mid_conversation_are_a_warning_not_a_failure() {
+    next_key
+    start_reader a || return 1
+    open_input b
+    start b processb.py <"$work/b.in"
+    echo "before" >&"$input"
+    must "the first line" wait_for grep -q -x "Message received: before" "$work/a.out" || return 1
+    rm "$fifo_dir/$key.notify" "$fifo_dir/$key.ack"
+    echo "after" >&"$input"
+    exec {input}>&-
+    finish b 0 && finish a 0 || return 1
+    must "both lines" grep -q -x "Message received: after" "$work/a.out" || return 1
+    must "a warning, not an error" logged a "^\[Warning\].*removed while we ran" || return 1
+    must "no segment" no_segment
+}
+
+test_a_leftover_is_removed_only_if_still_a_leftover() {
+    command -v strace >/dev/null || { skip "no strace to widen the race"; return 0; }
+    next_key
+    # processa a stops for 1.5 s in shmat, just after making its segment; a2,
+    # started meanwhile, finds that segment unattached and all zero, and
+    # stops for 3 s in its own shmat, while a attaches and writes its header.
+    start_command a strace -o /dev/null -e inject=shmat:delay_enter=1500000 "$PYTHON" \
+        "$here/processa.py" --path "$work" --proj-id "$proj"
+    must "a's segment" wait_for segment_at_key || return 1
+    shmids+=("$(shmid_of "$key")")
+    start_command a2 strace -o /dev/null -e inject=shmat:delay_enter=3000000 "$PYTHON" \
+        "$here/processa.py" --path "$work" --proj-id "$proj"
+    finish a2 3 || return 1
+    must "a2 to see the segment in use, not a leftover" one_error a2 "in use by 1 attached" ||
+        return 1
+    must "a to listen" wait_for logged a "waiting for processb" || return 1
+    message_gets_through a "a's segment survived"
+}
+
+test_a_ring_whose_tokens_do_not_fit_is_refused_naming_slots() {
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    local size=$((8 << 20)) advised
+    # As nobody, hold 1100 pipes: more than pipe-user-pages-soft allows at
+    # full size, so nobody's next pipes hold 8 KiB.
+    open_input holder
+    start_command holder bash -c 'ulimit -n 4096 && exec setpriv --reuid=nobody \
+        --regid="$(id -g nobody)" --clear-groups "$0" -c "import os, sys
+pipes = [os.pipe() for _ in range(1100)]
+print(\"ready\", flush=True)
+sys.stdin.read()"' "$PYTHON_NOBODY" <"$work/holder.in"
+    must "the holder to hold its pipes" wait_for grep -q ready "$work/holder.out" || return 1
+    as_nobody /usr/bin/python3 "$here/processa.py" --path "$work" --proj-id "$proj" --raw \
+        --slots 32768 --size "$size" </dev/null >"$work/n.out" 2>"$work/n.err"
+    must "exit status 2" [ $? == 2 ] || return 1
+    must "one error line naming --slots" one_error n "choose --slots" || return 1
+    must "no segment left" no_segment || return 1
+    advised=$(sed -n 's/.*choose --slots \([0-9]*\) or fewer.*/\1/p' "$work/n.err")
+    # The advice works: that many slots carry 16 MiB through, as nobody.
+    start_command a env -C / setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups \
+        "$PYTHON_NOBODY" "$here/processa.py" --path "$work" --proj-id "$proj" --raw \
+        --slots "$advised" --size "$size" </dev/null
+    must "processa with --slots $advised to listen" wait_for logged a "waiting for processb" ||
+        return 1
+    head -c $((16 << 20)) /dev/urandom >"$work/random"
+    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --raw \
+        --size "$size" <"$work/random" 2>"$work/b.err"
+    must "processb to succeed" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "every byte through" cmp -s "$work/random" "$work/a.out" || return 1
+    exec {input}>&-
+    finish holder 0
+}
+
+test_text_mode_refuses_a_line_longer_than_its_limit() {
+    next_key
+    start_reader a || return 1
+    start b processb.py </dev/zero
+    finish b 2 || return 1
+    must "one error line suggesting --raw" one_error b "the most text mode carries" || return 1
+    finish a 7 || return 1
+    must "nothing printed of the endless line" [ ! -s "$work/a.out" ] || return 1
+    # A writer that is not processb, and sends a longer line anyway, is refused.
+    next_key
+    start_reader a || return 1
+    py 'import os, shmm, sys, time
+key = int(sys.argv[1], 0)
+notify, ack = shmm.connect_writer(key)
+with shmm.Segment.find(key) as segment:
+    memory = segment.attach()
+    layout = shmm.read_header(memory)
+    shmm.claim_header(memory, os.getpid())
+    writer = shmm.Writer(memory, layout.slots, layout.slot_size, notify, ack)
+    try:
+        writer.send(b"x" * (2 << 20))
+        writer.close()
+    except shmm.PeerGone:
+        pass' "$key"
+    finish a 8 || return 1
+    must "one error line: the line is too long" one_error a "a line longer than 1048576 bytes" ||
+        return 1
+    must "no segment, no FIFOs" no_segment && no_fifos
+}
+
+test_processb_refuses_a_processa_of_the_other_mode_and_processa_waits_on() {
+    local reader_mode writer_mode
+    for reader_mode in --raw -v; do
+        writer_mode=$([[ $reader_mode == --raw ]] && echo -v || echo --raw)
+        next_key
+        start_reader a "$reader_mode" || return 1
+        start b processb.py "$writer_mode" --wait 5 </dev/null
+        finish b 3 || return 1
+        must "one error line naming the option" one_error b \
+            "run processb $([[ $reader_mode == --raw ]] && echo with || echo without) --raw" ||
+            return 1
+        must "processa to wait on" running a || return 1
+        echo "the right mode" >"$work/sender.in"
+        start sender processb.py "$reader_mode" <"$work/sender.in"
+        finish sender 0 && finish a 0 || return 1
+        must "the line through ('$reader_mode')" grep -q "the right mode" "$work/a.out" || return 1
+    done
+}
+
+test_a_leftover_of_another_user_is_never_removed() {
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    local foreign
+    foreign=$(as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]
+import shmm
+print(shmm.Segment.create(int(sys.argv[2], 0), 4096, 0o666).shmid)' "$here" "$key") &&
+        shmids+=("$foreign")
+    must "nobody's all-zero segment, creator gone" [ -n "$foreign" ] || return 1
+    start a processa.py
+    finish a 3 || return 1
+    must "one error line naming the owner" one_error a "created by nobody (uid $(id -u nobody))" ||
+        return 1
+    must "the segment untouched" [ "$(ipcs_field "$key" 2)" == "$foreign" ] || return 1
+    ipcrm -m "$foreign"
 }
 
 # --- shmm.py as ipcs and ipcrm, and the tutorial's own programs ---------------------
