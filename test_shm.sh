@@ -890,6 +890,36 @@ test_shmm_ls_and_stat_equal_ipcs_for_odd_private_and_removed_segments() {
     must "the fixture's segments gone" segment_gone "${held[0]}"
 }
 
+# Python code that runs shmm.py's command line with SHM_STAT_ANY replaced by
+# a command number no kernel knows. Linux refuses it with EINVAL, as Linux
+# before 4.17 and qemu-user 7.2 refuse SHM_STAT_ANY itself: ls and stat must
+# take their fallback, /proc/sysvipc/shm, on any machine.
+without_stat_any='import shmm, sys
+shmm.SHM_STAT_ANY = 0x7fff
+sys.exit(shmm.main(sys.argv[1:]))'
+shmm_without_stat_any() { py "$without_stat_any" "$@"; }
+
+test_shmm_ls_and_stat_equal_ipcs_where_shm_stat_any_is_refused() {
+    next_key
+    local first_key=$key held=() id
+    next_key
+    hold_segments "$first_key" "$key" || return 1
+    must "shmm.py ls without SHM_STAT_ANY to equal ipcs -m" \
+        same_output ipcs -m -- shmm_without_stat_any ls || return 1
+    for id in "${held[@]}"; do
+        must "shmm.py stat $id without SHM_STAT_ANY to equal ipcs -m -i $id" \
+            same_output ipcs -m -i "$id" -- shmm_without_stat_any stat "$id" || return 1
+    done
+    # SHM_STAT would hide root's 0600 segments from nobody; ipcs shows them.
+    if [[ -z $(why_not_nobody) ]]; then
+        must "nobody's shmm.py ls without SHM_STAT_ANY to equal nobody's ipcs -m" \
+            same_output as_nobody ipcs -m -- as_nobody env PYTHONPATH="$here" /usr/bin/python3 \
+            -c "$without_stat_any" ls || return 1
+    fi
+    exec {input}>&-
+    finish fixture 0
+}
+
 # rm_like_ipcrm -m SHMID | -M KEY: shmm.py rm fails as ipcrm does: exit
 # status 1 and the same words (ours SHMID or --key KEY for ipcrm -m or -M).
 rm_like_ipcrm() {
