@@ -20,6 +20,9 @@ set -u -o pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
+# The interpreter that tests run as the user nobody (as root only): it must be
+# one that nobody can read, which a virtual environment in a home may not be.
+PYTHON_NOBODY=${PYTHON_NOBODY:-/usr/bin/python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/test_shm.XXXXXX")
 fifo_dir=/tmp/shmm-$(id -u)
 deadline=30          # seconds any awaited event may take on a busy machine
@@ -632,9 +635,9 @@ why_not_nobody() {
         echo "not root: cannot become another user"
     elif ! id nobody >/dev/null 2>&1; then
         echo "no user nobody"
-    elif ! as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]; import shmm' \
+    elif ! as_nobody "$PYTHON_NOBODY" -c 'import sys; sys.path[0] = sys.argv[1]; import shmm' \
         "$here" 2>/dev/null; then
-        echo "nobody cannot run /usr/bin/python3 on $here"
+        echo "nobody cannot run $PYTHON_NOBODY on $here"
     fi
 }
 
@@ -643,7 +646,7 @@ test_another_user_cannot_attach_a_0600_segment() {
     [[ -z $skip_reason ]] || return 0
     next_key
     start_reader a || return 1
-    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --wait 5 \
+    as_nobody "$PYTHON_NOBODY" "$here/processb.py" --path "$work" --proj-id "$proj" --wait 5 \
         </dev/null >"$work/n.out" 2>"$work/n.err"
     must "exit status 4 for nobody" [ $? == 4 ] || return 1
     must "one error line with EACCES" one_error n "EACCES (Permission denied)" || return 1
@@ -657,11 +660,11 @@ test_mode_0666_lets_another_user_attach_but_not_reach_the_fifos() {
     next_key
     start_reader a --mode 0666 || return 1
     must "perms 666" [ "$(ipcs_field "$key" 4)" == 666 ] || return 1
-    must "nobody to attach it" as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]
+    must "nobody to attach it" as_nobody "$PYTHON_NOBODY" -c 'import sys; sys.path[0] = sys.argv[1]
 import shmm
 with shmm.Segment.find(int(sys.argv[2], 0)) as segment:
     segment.attach()' "$here" "$key" || return 1
-    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --mode 0666 \
+    as_nobody "$PYTHON_NOBODY" "$here/processb.py" --path "$work" --proj-id "$proj" --mode 0666 \
         --wait 1 </dev/null >"$work/n.out" 2>"$work/n.err"
     must "exit status 5 for nobody's processb" [ $? == 5 ] || return 1
     must "one error line about private FIFOs" one_error n "FIFOs are private to its own user" ||
@@ -684,7 +687,7 @@ test_a_planted_fifo_directory_is_refused_and_nothing_is_left() {
     must "no segment at $nobody_key yet" [ -z "$(shmid_of "$nobody_key")" ] || return 1
     mkdir -m 0777 "$work/elsewhere"
     ln -s "$work/elsewhere" "$planted" # what another user could leave in /tmp
-    as_nobody /usr/bin/python3 "$here/processa.py" --path "$here" --proj-id "$proj" </dev/null \
+    as_nobody "$PYTHON_NOBODY" "$here/processa.py" --path "$here" --proj-id "$proj" </dev/null \
         >"$work/n.out" 2>"$work/n.err"
     status=$?
     rm -f "$planted"
@@ -724,7 +727,7 @@ test_unreadable_ftok_path_is_refused_with_eacces() {
     [[ -z $skip_reason ]] || return 0
     next_key
     mkdir -m 0700 "$work/private"
-    as_nobody /usr/bin/python3 "$here/processa.py" --path "$work/private/x" </dev/null \
+    as_nobody "$PYTHON_NOBODY" "$here/processa.py" --path "$work/private/x" </dev/null \
         >"$work/n.out" 2>"$work/n.err"
     must "exit status 2" [ $? == 2 ] || return 1
     must "one error line with EACCES" one_error n "EACCES (Permission denied): --path must name"
@@ -913,7 +916,7 @@ test_shmm_ls_and_stat_equal_ipcs_where_shm_stat_any_is_refused() {
     # SHM_STAT would hide root's 0600 segments from nobody; ipcs shows them.
     if [[ -z $(why_not_nobody) ]]; then
         must "nobody's shmm.py ls without SHM_STAT_ANY to equal nobody's ipcs -m" \
-            same_output as_nobody ipcs -m -- as_nobody env PYTHONPATH="$here" /usr/bin/python3 \
+            same_output as_nobody ipcs -m -- as_nobody env PYTHONPATH="$here" "$PYTHON_NOBODY" \
             -c "$without_stat_any" ls || return 1
     fi
     exec {input}>&-
@@ -946,7 +949,7 @@ test_shmm_rm_removes_what_ipcrm_would() {
     rm_like_ipcrm -M 0x00000000 || return 1
     [[ -n $(why_not_nobody) ]] && return 0
     by_key=$(make_segment "") && shmids+=("$by_key")
-    must "nobody to be refused like ipcrm" [ "$(as_nobody /usr/bin/python3 "$here/shmm.py" rm \
+    must "nobody to be refused like ipcrm" [ "$(as_nobody "$PYTHON_NOBODY" "$here/shmm.py" rm \
         "$by_key" 2>&1 | sed 's/.*::rm: //')" == "$(as_nobody ipcrm -m "$by_key" 2>&1 |
         sed 's/^ipcrm: //')" ] || return 1
     must "the segment still there" segment_exists "$by_key" || return 1
