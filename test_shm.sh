@@ -396,6 +396,40 @@ test_sigint_at_the_terminal_prompt_detaches_and_processa_cleans_up() {
     must "no segment, no FIFOs" no_segment && no_fifos
 }
 
+# Under PYTHON_OTHER, processa or processb is a program of another build,
+# for another machine: .ci/aarch64 runs the suite under an arm64 CPython
+# and sets PYTHON_OTHER to the host's python3. The two must agree on every
+# byte of the segment's layout, and on the FIFOs' protocol.
+PYTHON_OTHER=${PYTHON_OTHER:-}
+
+# pair_talks READER_PYTHON WRITER_PYTHON SLOTS: processa under the first,
+# processb under the second (PYTHON, local, is what start uses); every line
+# of $work/in arrives, in order.
+pair_talks() {
+    local PYTHON=$1
+    next_key
+    start_reader a --slots "$3" || return 1
+    PYTHON=$2
+    start b processb.py <"$work/in"
+    finish b 0 && finish a 0 || return 1
+    sed 's/^Message received: //' "$work/a.out" >"$work/received"
+    must "every line from $2 to $1 with $3 slots" cmp "$work/in" "$work/received"
+}
+
+test_processa_and_processb_under_two_interpreters_talk_both_ways() {
+    if [[ -z $PYTHON_OTHER ]]; then
+        skip "PYTHON_OTHER names no second interpreter (.ci/aarch64 sets it)"
+        return 0
+    fi
+    local slots
+    { printf 'hello, shared memory\n你好，共享内存\n\n%s\n' "$(head -c 12288 /dev/zero | tr '\0' x)"
+        seq 1000; } >"$work/in"
+    for slots in 1 16; do
+        pair_talks "$PYTHON" "$PYTHON_OTHER" "$slots" || return 1
+        pair_talks "$PYTHON_OTHER" "$PYTHON" "$slots" || return 1
+    done
+}
+
 # --- Faults and bad input ------------------------------------------------------------
 
 # use_proj N: give this test project id N (the tutorial's 0x94, say).
