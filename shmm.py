@@ -1069,20 +1069,10 @@ class shm_info(ctypes.Structure):
     ]
 
 
-def all_segments() -> list[tuple[int, shmid_ds]]:
-    """Return (shmid, shmid_ds) for every segment on the system, as ipcs -m does."""
-    info = shm_info()
-    highest = shmctl(0, SHM_INFO, ctypes.cast(ctypes.pointer(info), ctypes.POINTER(shmid_ds)))
-    segments = list(segments_by_index(highest))
-    if info.used_ids and not segments:  # SHM_STAT_ANY refused: see above
-        return segments_in_proc()
-    return segments
-
-
 def segments_by_index(highest: int) -> Iterator[tuple[int, shmid_ds]]:
     """Yield (shmid, shmid_ds) for each index in use, up to highest (SHM_STAT_ANY)."""
     for index in range(highest + 1):
-        status = shmid_ds()  # fresh, all zeros: qemu fills only 16 bits of mode
+        status = shmid_ds()  # fresh zeros: qemu-user writes only 16 bits of mode
         try:
             shmid = shmctl(index, SHM_STAT_ANY, ctypes.byref(status))
         except OSError as err:
@@ -1111,6 +1101,16 @@ def segments_in_proc() -> list[tuple[int, shmid_ds]]:
             status.shm_atime, status.shm_dtime = int(row["atime"]), int(row["dtime"])
             status.shm_ctime = int(row["ctime"])
             segments.append((int(row["shmid"]), status))
+    return segments
+
+
+def all_segments() -> list[tuple[int, shmid_ds]]:
+    """Return (shmid, shmid_ds) for every segment on the system, as ipcs -m does."""
+    info = shm_info()
+    highest = shmctl(0, SHM_INFO, ctypes.cast(ctypes.pointer(info), ctypes.POINTER(shmid_ds)))
+    segments = list(segments_by_index(highest))
+    if info.used_ids and not segments:  # SHM_STAT_ANY refused: see above
+        return segments_in_proc()
     return segments
 
 
