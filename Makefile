@@ -9,10 +9,10 @@ PYTHON ?= python3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run-a run-b demo test bench watch clean
+.PHONY: help run-a run-b demo test check-aarch64 bench watch clean
 
 help: ## list the targets
-	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-7s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / { printf "  make %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 run-a: ## start the reader, processa (first, in one terminal)
 	$(PYTHON) processa.py $(ARGS)
@@ -30,6 +30,9 @@ demo: ## both in this shell: three lines through the segment, ipcs -m while atta
 
 test: ## run the test suite against the real system (ipcs, /proc/sysvipc/shm)
 	./test_shm.sh
+
+check-aarch64: ## the test suite again, under an arm64 CPython run by qemu-user (as CI does)
+	.ci/aarch64
 
 bench: ## measure the channel against os.pipe and multiprocessing.shared_memory
 	$(PYTHON) bench_shm.py

@@ -1290,6 +1290,15 @@ def key_from_arguments(args: argparse.Namespace) -> int:
 # /proc/sysvipc/shm holds the same facts as text, with two differences: the
 # key is in signed decimal (0x94000004 shows as -1811939324), and perms is
 # the whole mode, SHM_DEST and SHM_LOCKED bits included (1600, not 600).
+#
+# SHM_STAT_ANY is young: Linux has it since 4.17, and qemu-user (7.2, which
+# runs our arm64 tests) does not translate it. Both refuse it with EINVAL,
+# the very errno that means "no segment at this index", so the refusal
+# looks like an empty system. We notice it when SHM_INFO counts segments
+# and SHM_STAT_ANY finds none, and then read /proc/sysvipc/shm, as ipcs
+# does first. Not SHM_STAT: it skips the segments we may not read, which
+# ipcs still lists. If the last segment went away between SHM_INFO and our
+# look, /proc/sysvipc/shm says so too: the fallback is never wrong.
 
 
 class shm_info(ctypes.Structure):
@@ -1305,12 +1314,10 @@ class shm_info(ctypes.Structure):
     ]
 
 
-def all_segments() -> Iterator[tuple[int, shmid_ds]]:
-    """Yield (shmid, shmid_ds) for every segment on the system, as ipcs -m does."""
-    info = shm_info()
-    highest = shmctl(0, SHM_INFO, ctypes.cast(ctypes.pointer(info), ctypes.POINTER(shmid_ds)))
+def segments_by_index(highest: int) -> Iterator[tuple[int, shmid_ds]]:
+    """Yield (shmid, shmid_ds) for each index in use, up to highest (SHM_STAT_ANY)."""
     for index in range(highest + 1):
-        status = shmid_ds()
+        status = shmid_ds()  # fresh zeros: qemu-user writes only 16 bits of mode
         try:
             shmid = shmctl(index, SHM_STAT_ANY, ctypes.byref(status))
         except OSError as err:
@@ -1318,6 +1325,38 @@ def all_segments() -> Iterator[tuple[int, shmid_ds]]:
                 raise
             continue
         yield shmid, status
+
+
+def segments_in_proc() -> list[tuple[int, shmid_ds]]:
+    """Return (shmid, shmid_ds) for each line of /proc/sysvipc/shm."""
+    segments = []
+    with open("/proc/sysvipc/shm", encoding="ascii") as table:
+        names = next(table).split()  # key shmid perms size cpid lpid nattch uid ...
+        for line in table:
+            row = dict(zip(names, line.split()))
+            status = shmid_ds()
+            perm = status.shm_perm
+            perm.key = int(row["key"])        # signed decimal, like key_t
+            perm.mode = int(row["perms"], 8)  # octal, SHM_DEST included
+            perm.uid, perm.gid = int(row["uid"]), int(row["gid"])
+            perm.cuid, perm.cgid = int(row["cuid"]), int(row["cgid"])
+            status.shm_segsz = int(row["size"])
+            status.shm_cpid, status.shm_lpid = int(row["cpid"]), int(row["lpid"])
+            status.shm_nattch = int(row["nattch"])
+            status.shm_atime, status.shm_dtime = int(row["atime"]), int(row["dtime"])
+            status.shm_ctime = int(row["ctime"])
+            segments.append((int(row["shmid"]), status))
+    return segments
+
+
+def all_segments() -> list[tuple[int, shmid_ds]]:
+    """Return (shmid, shmid_ds) for every segment on the system, as ipcs -m does."""
+    info = shm_info()
+    highest = shmctl(0, SHM_INFO, ctypes.cast(ctypes.pointer(info), ctypes.POINTER(shmid_ds)))
+    segments = list(segments_by_index(highest))
+    if info.used_ids and not segments:  # SHM_STAT_ANY refused: see above
+        return segments_in_proc()
+    return segments
 
 
 def ipcs_line(shmid: int, status: shmid_ds) -> str:

@@ -20,6 +20,9 @@ set -u -o pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
+# The interpreter that tests run as the user nobody (as root only): it must be
+# one that nobody can read, which a virtual environment in a home may not be.
+PYTHON_NOBODY=${PYTHON_NOBODY:-/usr/bin/python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/test_shm.XXXXXX")
 fifo_dir=/tmp/shmm-$(id -u)
 deadline=30          # seconds any awaited event may take on a busy machine
@@ -396,6 +399,40 @@ test_sigint_at_the_terminal_prompt_detaches_and_processa_cleans_up() {
     must "no segment, no FIFOs" no_segment && no_fifos
 }
 
+# Under PYTHON_OTHER, processa or processb is a program of another build,
+# for another machine: .ci/aarch64 runs the suite under an arm64 CPython
+# and sets PYTHON_OTHER to the host's python3. The two must agree on every
+# byte of the segment's layout, and on the FIFOs' protocol.
+PYTHON_OTHER=${PYTHON_OTHER:-}
+
+# pair_talks READER_PYTHON WRITER_PYTHON SLOTS: processa under the first,
+# processb under the second (PYTHON, local, is what start uses); every line
+# of $work/in arrives, in order.
+pair_talks() {
+    local PYTHON=$1
+    next_key
+    start_reader a --slots "$3" || return 1
+    PYTHON=$2
+    start b processb.py <"$work/in"
+    finish b 0 && finish a 0 || return 1
+    sed 's/^Message received: //' "$work/a.out" >"$work/received"
+    must "every line from $2 to $1 with $3 slots" cmp "$work/in" "$work/received"
+}
+
+test_processa_and_processb_under_two_interpreters_talk_both_ways() {
+    if [[ -z $PYTHON_OTHER ]]; then
+        skip "PYTHON_OTHER names no second interpreter (.ci/aarch64 sets it)"
+        return 0
+    fi
+    local slots
+    { printf 'hello, shared memory\n你好，共享内存\n\n%s\n' "$(head -c 12288 /dev/zero | tr '\0' x)"
+        seq 1000; } >"$work/in"
+    for slots in 1 16; do
+        pair_talks "$PYTHON" "$PYTHON_OTHER" "$slots" || return 1
+        pair_talks "$PYTHON_OTHER" "$PYTHON" "$slots" || return 1
+    done
+}
+
 # --- Faults and bad input ------------------------------------------------------------
 
 # use_proj N: give this test project id N (the tutorial's 0x94, say).
@@ -635,9 +672,9 @@ why_not_nobody() {
         echo "not root: cannot become another user"
     elif ! id nobody >/dev/null 2>&1; then
         echo "no user nobody"
-    elif ! as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]; import shmm' \
+    elif ! as_nobody "$PYTHON_NOBODY" -c 'import sys; sys.path[0] = sys.argv[1]; import shmm' \
         "$here" 2>/dev/null; then
-        echo "nobody cannot run /usr/bin/python3 on $here"
+        echo "nobody cannot run $PYTHON_NOBODY on $here"
     fi
 }
 
@@ -646,7 +683,7 @@ test_another_user_cannot_attach_a_0600_segment() {
     [[ -z $skip_reason ]] || return 0
     next_key
     start_reader a || return 1
-    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --wait 5 \
+    as_nobody "$PYTHON_NOBODY" "$here/processb.py" --path "$work" --proj-id "$proj" --wait 5 \
         </dev/null >"$work/n.out" 2>"$work/n.err"
     must "exit status 4 for nobody" [ $? == 4 ] || return 1
     must "one error line with EACCES" one_error n "EACCES (Permission denied)" || return 1
@@ -660,11 +697,11 @@ test_mode_0666_lets_another_user_attach_but_not_reach_the_fifos() {
     next_key
     start_reader a --mode 0666 || return 1
     must "perms 666" [ "$(ipcs_field "$key" 4)" == 666 ] || return 1
-    must "nobody to attach it" as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]
+    must "nobody to attach it" as_nobody "$PYTHON_NOBODY" -c 'import sys; sys.path[0] = sys.argv[1]
 import shmm
 with shmm.Segment.find(int(sys.argv[2], 0)) as segment:
     segment.attach()' "$here" "$key" || return 1
-    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --mode 0666 \
+    as_nobody "$PYTHON_NOBODY" "$here/processb.py" --path "$work" --proj-id "$proj" --mode 0666 \
         --wait 1 </dev/null >"$work/n.out" 2>"$work/n.err"
     must "exit status 5 for nobody's processb" [ $? == 5 ] || return 1
     must "one error line about private FIFOs" one_error n "FIFOs are private to its own user" ||
@@ -687,7 +724,7 @@ test_a_planted_fifo_directory_is_refused_and_nothing_is_left() {
     must "no segment at $nobody_key yet" [ -z "$(shmid_of "$nobody_key")" ] || return 1
     mkdir -m 0777 "$work/elsewhere"
     ln -s "$work/elsewhere" "$planted" # what another user could leave in /tmp
-    as_nobody /usr/bin/python3 "$here/processa.py" --path "$here" --proj-id "$proj" </dev/null \
+    as_nobody "$PYTHON_NOBODY" "$here/processa.py" --path "$here" --proj-id "$proj" </dev/null \
         >"$work/n.out" 2>"$work/n.err"
     status=$?
     rm -f "$planted"
@@ -727,7 +764,7 @@ test_unreadable_ftok_path_is_refused_with_eacces() {
     [[ -z $skip_reason ]] || return 0
     next_key
     mkdir -m 0700 "$work/private"
-    as_nobody /usr/bin/python3 "$here/processa.py" --path "$work/private/x" </dev/null \
+    as_nobody "$PYTHON_NOBODY" "$here/processa.py" --path "$work/private/x" </dev/null \
         >"$work/n.out" 2>"$work/n.err"
     must "exit status 2" [ $? == 2 ] || return 1
     must "one error line with EACCES" one_error n "EACCES (Permission denied): --path must name"
@@ -922,11 +959,12 @@ test_a_ring_whose_tokens_do_not_fit_is_refused_naming_slots() {
     # As nobody, hold 1100 pipes: more than pipe-user-pages-soft allows at
     # full size, so nobody's next pipes hold 8 KiB.
     open_input holder
-    start_command holder bash -c 'ulimit -n 4096 && exec setpriv --reuid=nobody \
-        --regid="$(id -g nobody)" --clear-groups "$0" -c "import os, sys
+    # shellcheck disable=SC2016 # $0 and $1 are the inner shell's
+    start_command holder bash -c 'ulimit -n 4096 && exec setpriv --reuid=nobody --regid="$1" \
+        --clear-groups "$0" -c "import os, sys
 pipes = [os.pipe() for _ in range(1100)]
 print(\"ready\", flush=True)
-sys.stdin.read()"' "$PYTHON_NOBODY" <"$work/holder.in"
+sys.stdin.read()"' "$PYTHON_NOBODY" "$(id -g nobody)" <"$work/holder.in"
     must "the holder to hold its pipes" wait_for grep -q ready "$work/holder.out" || return 1
     as_nobody /usr/bin/python3 "$here/processa.py" --path "$work" --proj-id "$proj" --raw \
         --slots 32768 --size "$size" </dev/null >"$work/n.out" 2>"$work/n.err"
@@ -1080,6 +1118,36 @@ test_shmm_ls_and_stat_equal_ipcs_for_odd_private_and_removed_segments() {
     must "the fixture's segments gone" segment_gone "${held[0]}"
 }
 
+# Python code that runs shmm.py's command line with SHM_STAT_ANY replaced by
+# a command number no kernel knows. Linux refuses it with EINVAL, as Linux
+# before 4.17 and qemu-user 7.2 refuse SHM_STAT_ANY itself: ls and stat must
+# take their fallback, /proc/sysvipc/shm, on any machine.
+without_stat_any='import shmm, sys
+shmm.SHM_STAT_ANY = 0x7fff
+sys.exit(shmm.main(sys.argv[1:]))'
+shmm_without_stat_any() { py "$without_stat_any" "$@"; }
+
+test_shmm_ls_and_stat_equal_ipcs_where_shm_stat_any_is_refused() {
+    next_key
+    local first_key=$key held=() id
+    next_key
+    hold_segments "$first_key" "$key" || return 1
+    must "shmm.py ls without SHM_STAT_ANY to equal ipcs -m" \
+        same_output ipcs -m -- shmm_without_stat_any ls || return 1
+    for id in "${held[@]}"; do
+        must "shmm.py stat $id without SHM_STAT_ANY to equal ipcs -m -i $id" \
+            same_output ipcs -m -i "$id" -- shmm_without_stat_any stat "$id" || return 1
+    done
+    # SHM_STAT would hide root's 0600 segments from nobody; ipcs shows them.
+    if [[ -z $(why_not_nobody) ]]; then
+        must "nobody's shmm.py ls without SHM_STAT_ANY to equal nobody's ipcs -m" \
+            same_output as_nobody ipcs -m -- as_nobody env PYTHONPATH="$here" "$PYTHON_NOBODY" \
+            -c "$without_stat_any" ls || return 1
+    fi
+    exec {input}>&-
+    finish fixture 0
+}
+
 # rm_like_ipcrm -m SHMID | -M KEY: shmm.py rm fails as ipcrm does: exit
 # status 1 and the same words (ours SHMID or --key KEY for ipcrm -m or -M).
 rm_like_ipcrm() {
@@ -1106,7 +1174,7 @@ test_shmm_rm_removes_what_ipcrm_would() {
     rm_like_ipcrm -M 0x00000000 || return 1
     [[ -n $(why_not_nobody) ]] && return 0
     by_key=$(make_segment "") && shmids+=("$by_key")
-    must "nobody to be refused like ipcrm" [ "$(as_nobody /usr/bin/python3 "$here/shmm.py" rm \
+    must "nobody to be refused like ipcrm" [ "$(as_nobody "$PYTHON_NOBODY" "$here/shmm.py" rm \
         "$by_key" 2>&1 | sed 's/.*::rm: //')" == "$(as_nobody ipcrm -m "$by_key" 2>&1 |
         sed 's/^ipcrm: //')" ] || return 1
     must "the segment still there" segment_exists "$by_key" || return 1
