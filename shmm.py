@@ -1453,10 +1453,18 @@ def command_clean(args: argparse.Namespace) -> int:
         log.info("removed shmid %d at key %s", remove_leftover(key), show_key(key))
     except FileNotFoundError:
         log.info("no segment at key %s", show_key(key))
-    for path in fifo_paths(key):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            log.info("removed FIFO %s", path)
+    directory = fifo_directory()
+    if not os.path.isdir(directory):
+        return ExitCode.OK
+    check_private(directory)
+    with locked(directory):  # as processa holds it to make and replace FIFOs
+        for path in fifo_paths(key):
+            if has_reader(path):
+                raise Refused(ExitCode.SEGMENT_CONFLICT, f"{path} is in use: a processa listens"
+                              f" at key {show_key(key)}; stop it, and it removes its own")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                log.info("removed FIFO %s", path)
     return ExitCode.OK
 
 

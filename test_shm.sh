@@ -341,16 +341,18 @@ test_sigint_to_processa_with_processb_attached_leaves_nothing() {
 }
 
 # at_terminal HOW: run processb with a terminal (a pty) on stdin and stderr
-# but a file on stdout; type two lines, the second longer than a terminal's
-# own 4095-byte limit, then end with HOW: eof (Ctrl-D) or sigint.
+# but a file on stdout (closed if a second argument is given); type two lines,
+# the second longer than a terminal's own 4095-byte limit, then end with HOW:
+# eof (Ctrl-D) or sigint.
 at_terminal() {
     py 'import os, pty, select, signal, subprocess, sys, time
-here, work, proj, how = sys.argv[1:5]
+here, work, proj, how, stdout_closed = sys.argv[1:6]
 master, terminal = pty.openpty()
 with open(f"{work}/b.out", "wb") as stdout:
     b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work,
                           "--proj-id", proj], stdin=terminal, stdout=stdout, stderr=terminal,
-                         env={**os.environ, "TERM": "dumb"})
+                         env={**os.environ, "TERM": "dumb"},
+                         preexec_fn=(lambda: os.close(1)) if stdout_closed else None)
 seen = b""
 def until_prompt(count):
     global seen
@@ -373,7 +375,7 @@ else:
 try:
     sys.exit(b.wait(timeout=30))
 finally:
-    b.kill()' "$here" "$work" "$proj" "$1"
+    b.kill()' "$here" "$work" "$proj" "$1" "${2:-}"
 }
 
 test_terminal_prompt_on_stderr_and_readline_lines_longer_than_4095() {
@@ -871,6 +873,68 @@ test_signals_to_either_side_while_connected_or_mid_message() {
     done
 }
 
+# --- Closed and odd standard streams --------------------------------------------
+
+test_processa_with_stdout_closed_is_refused_before_anything_is_made() {
+    next_key
+    "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" >&- 2>"$work/a.err"
+    must "exit status 1" [ $? == 1 ] || return 1
+    must "one error line naming stdout" one_error a "stdout is closed" || return 1
+    must "no segment, no FIFOs" no_segment && no_fifos
+}
+
+test_processb_with_stdin_closed_is_refused_and_processa_waits_on() {
+    next_key
+    start_reader a || return 1
+    start b processb.py <&-
+    finish b 1 || return 1
+    must "one error line naming stdin" one_error b "stdin is closed" || return 1
+    message_gets_through a "after the refused one"
+}
+
+test_processb_at_a_terminal_with_stdout_closed_still_sends() {
+    next_key
+    start_reader a || return 1
+    at_terminal eof stdout-closed
+    must "processb to end with 0 at Ctrl-D" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "the typed line to arrive" grep -q "hello from a terminal" "$work/a.out"
+}
+
+test_processa_names_stdout_when_it_is_full_and_waits_when_it_is_non_blocking() {
+    next_key
+    # shellcheck disable=SC2016 # "$@" is the inner shell's
+    start_command a sh -c 'exec "$@" >/dev/full' sh "$PYTHON" "$here/processa.py" \
+        --path "$work" --proj-id "$proj"
+    must "processa to listen" wait_for logged a "waiting for processb" || return 1
+    echo "into a full disk" >"$work/sender.in"
+    start sender processb.py <"$work/sender.in"
+    finish a 1 || return 1
+    finish sender 7
+    must "one error line naming stdout and ENOSPC" one_error a "writing to stdout: ENOSPC" ||
+        return 1
+    must "no segment, no FIFOs" no_segment && no_fifos || return 1
+    # A non-blocking stdout whose reader is slow: EAGAIN is waited out, not fatal.
+    next_key
+    seq 200000 >"$work/lines"
+    py 'import os, subprocess, sys, time
+here, work, proj = sys.argv[1:4]
+common = ["--path", work, "--proj-id", proj, "-q"]
+out, into = os.pipe()
+os.set_blocking(into, False)
+reader = subprocess.Popen([sys.executable, f"{here}/processa.py", *common], stdout=into)
+os.close(into)
+with open(f"{work}/lines", "rb") as lines:
+    writer = subprocess.Popen([sys.executable, f"{here}/processb.py", *common], stdin=lines)
+received = b""
+while chunk := os.read(out, 4096):
+    received += chunk
+    time.sleep(0.001)  # slower than processa writes: its pipe fills up
+sys.exit(reader.wait() or writer.wait() or received.count(b"\n") != 200000)' \
+        "$here" "$work" "$proj"
+    must "every line through a non-blocking stdout, both ending well" [ $? == 0 ]
+}
+
 # --- Integrity: nothing lost silently, nothing removed that is not ours ------------
 
 # stream_is_cut MODE: processb streams a long input (MODE: lines or --raw) and
@@ -910,6 +974,10 @@ test_a_second_processa_never_takes_the_fifos_of_a_live_one() {
         return 1
     must "the second one's segment removed" no_segment || return 1
     must "the first one's FIFOs still there" [ -p "$fifo_dir/$key.notify" ] || return 1
+    shmm clean --path "$work" --proj-id "$proj" 2>"$work/clean.err"
+    must "shmm.py clean to refuse them too, exit 3" [ $? == 3 ] || return 1
+    must "one error line" one_error clean "is in use: a processa listens" || return 1
+    must "the first one's FIFOs still there after clean" [ -p "$fifo_dir/$key.ack" ] || return 1
     must "the first one still listening" running a || return 1
     kill -TERM "${pid[a]}"
     finish a 143 || return 1
