@@ -257,24 +257,28 @@ test_segment_lifecycle_seen_by_ipcs() {
     must "no FIFOs after processa ended" no_fifos
 }
 
-test_messages_arrive_unchanged() {
-    next_key
-    local long
-    long=$(head -c 12288 /dev/zero | tr '\0' 'x')
-    printf 'hello, shared memory\n你好，共享内存\n\n%s\nno newline at the end' "$long" \
-        >"$work/in"
-    printf 'Message received: %s\n' "hello, shared memory" "你好，共享内存" "" "$long" \
-        "no newline at the end" >"$work/expected"
-    start_reader a || return 1
-    start b processb.py <"$work/in"
-    finish b 0 || return 1
-    finish a 0 || return 1
-    must "the output to equal the input, line for line" cmp "$work/expected" "$work/a.out"
+test_messages_arrive_unchanged_with_1_and_16_slots() {
+    local long longer slots
+    long=$(head -c 12288 /dev/zero | tr '\0' 'x')    # 3 times a default slot
+    longer=$(head -c 161280 /dev/zero | tr '\0' 'y') # 40 times a default slot
+    printf 'hello, shared memory\n你好，共享内存\n\n%s\n%s\nnot UTF-8: \xff\xfe\nno newline at the end' \
+        "$long" "$longer" >"$work/in"
+    printf 'Message received: %s\n' "hello, shared memory" "你好，共享内存" "" "$long" "$longer" \
+        "$(printf 'not UTF-8: \xff\xfe')" "no newline at the end" >"$work/expected"
+    for slots in 1 16; do
+        next_key
+        start_reader a --slots "$slots" || return 1
+        start b processb.py <"$work/in"
+        finish b 0 || return 1
+        finish a 0 || return 1
+        must "with $slots slots, the output to equal the input, line for line" \
+            cmp "$work/expected" "$work/a.out" || return 1
+    done
 }
 
-test_100000_piped_lines_arrive_once_in_order_with_1_and_16_slots() {
+test_1000000_piped_lines_arrive_once_in_order_with_1_and_16_slots() {
     local slots
-    seq 100000 >"$work/in"
+    seq 1000000 >"$work/in"
     for slots in 1 16; do
         next_key
         start_reader a --slots "$slots" || return 1
@@ -282,7 +286,7 @@ test_100000_piped_lines_arrive_once_in_order_with_1_and_16_slots() {
         finish b 0 || return 1
         finish a 0 || return 1
         sed 's/^Message received: //' "$work/a.out" >"$work/received"
-        must "with $slots slots, the 100000 lines, once each, in order" \
+        must "with $slots slots, the 1000000 lines, once each, in order" \
             cmp "$work/in" "$work/received" || return 1
     done
 }
@@ -298,6 +302,29 @@ test_raw_8_mib_of_random_bytes_keep_their_sha256_with_1_and_16_slots() {
         finish a 0 || return 1
         must "with $slots slots, the same sha256" \
             [ "$(sha256sum <"$work/in")" == "$(sha256sum <"$work/a.out")" ] || return 1
+    done
+}
+
+# capacity SLOTS: the bytes one frame carries in --raw, in the default segment.
+capacity() {
+    py 'import comm, shmm, sys
+slot = shmm.slot_size_for(comm.SEGMENT_SIZE, int(sys.argv[1]))
+print(slot - shmm.FRAME_SIZE - shmm.RECORD.size)' "$1"
+}
+
+test_raw_sizes_around_a_frame_keep_their_sha256_with_1_2_3_and_16_slots() {
+    local slots cap size
+    for slots in 1 2 3 16; do
+        cap=$(capacity "$slots")
+        for size in $((cap - 1)) "$cap" $((cap + 1)) $((2 * cap)); do
+            head -c "$size" /dev/urandom >"$work/in"
+            next_key
+            start_reader a --raw --slots "$slots" || return 1
+            start b processb.py --raw <"$work/in"
+            finish b 0 && finish a 0 || return 1
+            must "$size bytes with $slots slots (a frame carries $cap): the same sha256" \
+                [ "$(sha256sum <"$work/in")" == "$(sha256sum <"$work/a.out")" ] || return 1
+        done
     done
 }
 
