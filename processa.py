@@ -75,20 +75,22 @@ IOV_MAX = 1024  # buffers one writev(2) takes at most (<limits.h>)
 
 
 class Printer:
-    """What arrives, copied out of the segment, to be written to stdout once
-    the slots are handed back (so processb fills them again meanwhile), all of
-    it with one writev(2)."""
+    """What arrives, copied out of the segment during the frame and written
+    to stdout once the slots are handed back, so that processb fills them
+    again meanwhile; all of it with one writev(2)."""
 
     def __init__(self) -> None:
-        self.count = 0                  # messages (lines) or bytes so far
-        self.parts: list[bytes] = []    # the pieces of a message still arriving
-        self.held = 0                   # bytes in parts
-        self.out: list[bytes] = []      # copied out, not yet written
+        self.count = 0                                 # messages (lines) or bytes so far
+        self.copied: list[tuple[bytes, bool]] = []     # (piece, more), not yet written
+        self.parts: list[bytes] = []                   # the pieces of a line still arriving
+
+    def __call__(self, piece: memoryview, more: bool) -> None:
+        self.copied.append((bytes(piece), more))  # copy now: the slot is handed back next
 
     def write(self) -> None:
         """Write what was copied out to stdout."""
-        write_all(self.out)
-        self.out.clear()
+        write_all([self.format(piece, more) for piece, more in self.copied])
+        self.copied.clear()
 
 
 class LinePrinter(Printer):
@@ -98,24 +100,27 @@ class LinePrinter(Printer):
     comes, up to comm.MAX_LINE bytes, so that no part of a line is printed
     as if it were whole."""
 
-    def __call__(self, piece: memoryview, more: bool) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0  # bytes in parts
+
+    def format(self, text: bytes, more: bool) -> bytes:
+        """Return a record's lines as they are printed (nothing while a line goes on)."""
         if more or self.parts:
-            self.parts.append(bytes(piece))
-            self.held += len(piece)
+            self.parts.append(text)
+            self.held += len(text)
             if self.held > comm.MAX_LINE:
                 raise shmm.CorruptFrame(f"processb sent a line longer than {comm.MAX_LINE}"
                                         " bytes, the most text mode carries")
             if more:
-                return
+                return b""
             text = b"".join(self.parts)
             self.parts.clear()
             self.held = 0
-        else:
-            text = bytes(piece)
         if text.endswith(b"\n"):
             text = text[:-1]
         self.count += text.count(b"\n") + 1
-        self.out.append(b"".join((PREFIX, text.replace(b"\n", b"\n" + PREFIX), b"\n")))
+        return b"".join((PREFIX, text.replace(b"\n", b"\n" + PREFIX), b"\n"))
 
     def describe(self) -> str:
         """Say how much arrived."""
@@ -125,9 +130,10 @@ class LinePrinter(Printer):
 class BytePrinter(Printer):
     """Write the bytes that arrive to stdout as they are (--raw)."""
 
-    def __call__(self, piece: memoryview, _more: bool) -> None:
-        self.out.append(bytes(piece))
+    def format(self, piece: bytes, _more: bool) -> bytes:
+        """Return the bytes as they are written."""
         self.count += len(piece)
+        return piece
 
     def describe(self) -> str:
         """Say how much arrived."""

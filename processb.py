@@ -57,7 +57,7 @@ log = logging.getLogger("processb")
 
 PROMPT = "Please enter: "
 READ_SIZE = 1 << 16   # bytes of lines per frame at most: bounds what processa prints at once
-POLL_INTERVAL = 0.05  # seconds between looks for processa while waiting
+POLL_INTERVAL = 0.01  # seconds between looks for processa while waiting
 T = TypeVar("T")
 
 

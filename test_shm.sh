@@ -112,6 +112,7 @@ no_fifos() { [[ ! -e $fifo_dir/$key.notify && ! -e $fifo_dir/$key.ack ]]; }
 # would never see end of file.
 start_command() {
     local name=$1
+    : >"$work/$name.out" && : >"$work/$name.err" # now, so no poll reads an earlier run's
     (
         for held in "${inputs[@]}"; do exec {held}>&-; done
         exec "${@:2}" >"$work/$name.out" 2>"$work/$name.err"
@@ -964,8 +965,8 @@ sys.exit(reader.wait() or writer.wait() or received.count(b"\n") != 200000)' \
 
 # --- Integrity: nothing lost silently, nothing removed that is not ours ------------
 
-# stream_is_cut MODE: processb streams a long input (MODE: lines or --raw) and
-# is killed with it half sent; processa must not take that for a clean end.
+# stream_is_cut MODE: processb streams endless input (MODE: lines or --raw)
+# and is killed in the middle; processa must not take that for a clean end.
 stream_is_cut() {
     local raw=()
     [[ $1 == --raw ]] && raw=(--raw)
@@ -973,7 +974,7 @@ stream_is_cut() {
     start_reader a "${raw[@]}" || return 1
     open_input b
     start b processb.py "${raw[@]}" <"$work/b.in"
-    seq 1000000 >&"$input" &
+    yes "an endless line" >&"$input" &
     pid[feeder]=$!
     must "processa to have printed some of it" wait_for [ -s "$work/a.out" ] || return 1
     kill -KILL "${pid[b]}" "${pid[feeder]}"
