@@ -114,7 +114,7 @@ def make_shm(block: int, slots: int) -> Transport:
     def read(sink: memoryview, count: int, check: Check) -> None:
         reader = shmm.Reader(memory, slots, slot_size, notify_r, ack_w)
 
-        def take(payload: memoryview, _more: bool) -> None:
+        def take(payload: memoryview, _more: int) -> None:
             sink[:] = payload
             check(sink, reader.messages)
 

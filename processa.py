@@ -81,10 +81,10 @@ class Printer:
 
     def __init__(self) -> None:
         self.count = 0                                 # messages (lines) or bytes so far
-        self.copied: list[tuple[bytes, bool]] = []     # (piece, more), not yet written
+        self.copied: list[tuple[bytes, int]] = []      # (piece, more), not yet written
         self.parts: list[bytes] = []                   # the pieces of a line still arriving
 
-    def __call__(self, piece: memoryview, more: bool) -> None:
+    def __call__(self, piece: memoryview, more: int) -> None:
         self.copied.append((bytes(piece), more))  # copy now: the slot is handed back next
 
     def write(self) -> None:
@@ -104,7 +104,7 @@ class LinePrinter(Printer):
         super().__init__()
         self.held = 0  # bytes in parts
 
-    def format(self, text: bytes, more: bool) -> bytes:
+    def format(self, text: bytes, more: int) -> bytes:
         """Return a record's lines as they are printed (nothing while a line goes on)."""
         if more or self.parts:
             self.parts.append(text)
@@ -130,7 +130,7 @@ class LinePrinter(Printer):
 class BytePrinter(Printer):
     """Write the bytes that arrive to stdout as they are (--raw)."""
 
-    def format(self, piece: bytes, _more: bool) -> bytes:
+    def format(self, piece: bytes, _more: int) -> bytes:
         """Return the bytes as they are written."""
         self.count += len(piece)
         return piece

@@ -888,6 +888,9 @@ class Writer(Ring):
     def send(self, message: bytes | memoryview) -> None:
         """Add a message to the open frame; one longer than what is left goes on
         in the next frames, as records flagged MORE."""
+        if len(message) <= self.capacity - self.fill - RECORD.size:
+            self._record(message, 0)  # the common case: it fits in the open frame
+            return
         view = memoryview(message)
         while True:
             room = self.capacity - self.fill - RECORD.size
@@ -936,14 +939,15 @@ class Writer(Ring):
         while self.free < self.slots:
             self._collect_acks()
 
-    def _record(self, piece: memoryview, flags: int) -> None:
+    def _record(self, piece: bytes | memoryview, flags: int) -> None:
         """Copy one record into the open frame, opening one if none is."""
         if not self.fill:
             self._wait_for_free_slot()
+        size = len(piece)
         start = self.slot(self.seq) + FRAME_SIZE + self.fill
-        RECORD.pack_into(self.memory, start, len(piece), flags)
-        self.memory[start + RECORD.size:start + RECORD.size + len(piece)] = piece
-        self.fill += RECORD.size + len(piece)
+        RECORD.pack_into(self.memory, start, size, flags)
+        self.memory[start + RECORD.size:start + RECORD.size + size] = piece
+        self.fill += RECORD.size + size
         self.messages += not flags
         if self.capacity - self.fill <= RECORD.size:
             self._publish()  # no room for another record
@@ -976,9 +980,10 @@ class Writer(Ring):
 class Reader(Ring):
     """processa's end: take announced frames out of their slots, in order."""
 
-    def receive(self, deliver: Callable[[memoryview, bool], None],
+    def receive(self, deliver: Callable[[memoryview, int], None],
                 handed_back: Callable[[], None] = lambda: None) -> bool:
-        """Call deliver(piece, more) for each record until the writer's END frame,
+        """Call deliver(piece, more) for each record until the writer's END frame
+        (more is MORE if the message goes on in the next record, else 0),
         and return True once the writer has closed notify; return False if it
         closed notify without one. piece is a view into the segment, valid only
         during the call. handed_back() is called each time the frames taken so
@@ -1004,7 +1009,7 @@ class Reader(Ring):
             raise CorruptFrame(f"frames were announced after the END frame {self.seq - 1}")
         return True
 
-    def _take_frame(self, deliver: Callable[[memoryview, bool], None]) -> bool:
+    def _take_frame(self, deliver: Callable[[memoryview, int], None]) -> bool:
         """Check frame seq, deliver its records; return True if it was the END frame."""
         memory = self.memory
         start = self.slot(self.seq)
@@ -1016,15 +1021,18 @@ class Reader(Ring):
             raise CorruptFrame(f"frame {self.seq} claims {length} bytes; its slot holds"
                                f" {self.capacity}: refusing to read past it")
         at, end = start + FRAME_SIZE, start + FRAME_SIZE + length
+        record = RECORD.unpack_from  # (a local: this loop runs once per message)
+        whole = 0
         while at < end:
-            size, more = RECORD.unpack_from(memory, at) if end - at >= RECORD.size else (-1, 0)
+            size, more = record(memory, at) if end - at >= RECORD.size else (-1, 0)
             at += RECORD.size
-            if not 0 <= size <= end - at or more & ~MORE:
+            if not 0 <= size <= end - at or more > MORE:
                 raise CorruptFrame(f"frame {self.seq} holds a record of {size} bytes"
                                    f" (flags {more:#x}) that does not fit in it")
-            deliver(memory[at:at + size], more == MORE)
-            self.messages += not more
+            deliver(memory[at:at + size], more)
+            whole += not more
             at += size
+        self.messages += whole
         self.seq += 1
         return flags == END
 

@@ -877,7 +877,8 @@ test_signals_to_either_side_while_connected_or_mid_message() {
                 start_reader a || return 1
                 open_input b
                 start b processb.py <"$work/b.in"
-                must "nattch 2" wait_for nattch_is 2 || return 1
+                must "processb to hold the channel" wait_for logged b "took the writer's lock" ||
+                    return 1
                 [[ $when == idle ]] || send_unfinished_message || return 1
                 if [[ $target == a ]]; then
                     kill -"$sig" "${pid[a]}"
