@@ -31,12 +31,13 @@ proj=0 key=""        # this test's project id and key (see next_key)
 keys=() shmids=()    # everything this run may have created, for cleanup
 declare -A pid=()    # background processes by name
 inputs=()            # this test's ends of input FIFOs (see open_input)
+made_dirs=()         # FIFO directories that this run's processes made for other users
 skip_reason=""       # set by skip
 
 # --- Harness ------------------------------------------------------------------
 
 cleanup() {
-    local name id k
+    local name id k dir
     for name in "${!pid[@]}"; do kill -KILL "${pid[$name]}" 2>/dev/null; done
     wait 2>/dev/null
     for k in "${keys[@]}"; do
@@ -46,6 +47,7 @@ cleanup() {
     for id in "${shmids[@]}"; do
         [[ -n $id ]] && segment_exists "$id" && ipcrm -m "$id"
     done
+    for dir in "${made_dirs[@]}"; do rmdir "$dir" 2>/dev/null; done # only if empty
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -1052,7 +1054,9 @@ test_a_ring_whose_tokens_do_not_fit_is_refused_naming_slots() {
     skip_reason=$(why_not_nobody)
     [[ -z $skip_reason ]] || return 0
     next_key
-    local size=$((8 << 20)) advised
+    local size=$((8 << 20)) advised nobody_dir
+    nobody_dir=/tmp/shmm-$(id -u nobody)
+    [[ -e $nobody_dir ]] || made_dirs+=("$nobody_dir") # nobody's processa makes it
     # As nobody, hold 1100 pipes: more than pipe-user-pages-soft allows at
     # full size, so nobody's next pipes hold 8 KiB.
     open_input holder
@@ -1393,15 +1397,23 @@ assert results["machine"]["cpus"] >= 1' "$work/bench.json" 2>"$work/bench.check"
 # --- Last: the run leaves nothing behind -------------------------------------------
 
 test_nothing_left_behind() {
-    local k id left=0
+    local k id dir name left=0
     for k in "${keys[@]}"; do
         id=$(shmid_of "$k")
         [[ -n $id ]] && diag "segment $id left at key $k" && left=1
-        [[ -e $fifo_dir/$k.notify || -e $fifo_dir/$k.ack ]] && diag "FIFO left for $k" && left=1
+        for dir in "$fifo_dir" "${made_dirs[@]}"; do
+            [[ -e $dir/$k.notify || -e $dir/$k.ack ]] && diag "FIFO left in $dir for $k" && left=1
+        done
     done
     for id in "${shmids[@]}"; do
         [[ -n $id ]] && segment_exists "$id" && diag "segment $id left (key 0)" && left=1
     done
+    for name in "${!pid[@]}"; do
+        running "$name" && diag "$name (pid ${pid[$name]}) still running" && left=1
+    done
+    # Every program of this run had --path $work on its command line.
+    pgrep -f -- "--path $work" >/dev/null && diag "processes of this run still running:" &&
+        pgrep -a -f -- "--path $work" | sed 's/^/#   /' && left=1
     return $left
 }
 
