@@ -800,14 +800,18 @@ def print_table(results: dict) -> None:
     print("|---|---:|---:|---|")
     for r in results["end_to_end"]:
         versus = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in r["speedup"].items())
-        command = r["name"].replace("|", "\\|")  # a bare | would end the table cell
-        print(f"| `{command}` | {show_amount(r['stream'], r['amount'])}"
-              f" | {r['seconds']:.2f} | {versus} |")
+        print(f"| `{cell(r['name'])}` | {show_amount(r['stream'], r['amount'])}"
+              f" | {r['seconds']:.2f} | {cell(versus)} |")
     for key, what in (("peak_rss_lines_kib", "lines"), ("peak_rss_kib", "--raw")):
         rss = results[key]
         print(f"\npeak RSS streaming {what}: processa {rss['reader'] / 1024:.1f} MiB,"
               f" processb {rss['writer'] / 1024:.1f} MiB", end="")
     print()
+
+
+def cell(text: str) -> str:
+    """Escape the | in a table cell, which would end it."""
+    return text.replace("|", "\\|")
 
 
 def main(argv: list[str] | None = None) -> int:
