@@ -53,9 +53,10 @@ other work on the machine moves every figure.
                     amount: lines or bytes, seconds: median, whole runs,
                     speedup: {baseline name: its seconds over ours} for our
                     commands (above 1: we are faster); {} for the baselines}
+    stream_bytes   bytes streamed for each peak_rss (1 GiB; --quick: 64 MiB)
     peak_rss_kib   {reader, writer}: processa's and processb's peak resident
-                   memory in KiB, streaming 1 GiB with --raw
-    peak_rss_lines_kib  the same, streaming 1 GiB of lines
+                   memory in KiB, streaming stream_bytes with --raw
+    peak_rss_lines_kib  the same, streaming stream_bytes of lines
 
 README.md ("Performance") has the tables of one run and what limits each case.
 Companion: shmm.py (Writer, Reader). Man pages: shmget(2), pipe(7).
@@ -770,7 +771,7 @@ def benchmark(quick: bool) -> dict:
                            "pipe": pings[0].microseconds(),
                            "pipe_polling": pings[1].microseconds()},
             "end_to_end": [command.result() for command in commands],
-            "peak_rss_kib": rss, "peak_rss_lines_kib": rss_lines}
+            "stream_bytes": stream, "peak_rss_kib": rss, "peak_rss_lines_kib": rss_lines}
 
 
 def print_table(results: dict) -> None:
@@ -802,11 +803,11 @@ def print_table(results: dict) -> None:
         versus = ", ".join(f"{name} {ratio:.2f}x" for name, ratio in r["speedup"].items())
         print(f"| `{cell(r['name'])}` | {show_amount(r['stream'], r['amount'])}"
               f" | {r['seconds']:.2f} | {cell(versus)} |")
-    for key, what in (("peak_rss_lines_kib", "lines"), ("peak_rss_kib", "--raw")):
-        rss = results[key]
-        print(f"\npeak RSS streaming {what}: processa {rss['reader'] / 1024:.1f} MiB,"
-              f" processb {rss['writer'] / 1024:.1f} MiB", end="")
-    print()
+    lines, raw = results["peak_rss_lines_kib"], results["peak_rss_kib"]
+    print(f"\nPeak RSS streaming {show_size(results['stream_bytes'])}: of lines, processa"
+          f" {lines['reader'] / 1024:.1f} MiB and processb {lines['writer'] / 1024:.1f} MiB;"
+          f" with --raw, processa {raw['reader'] / 1024:.1f} MiB and processb"
+          f" {raw['writer'] / 1024:.1f} MiB.")
 
 
 def cell(text: str) -> str:

@@ -1052,6 +1052,7 @@ for key in ("peak_rss_kib", "peak_rss_lines_kib"):
     assert set(results[key]) == {"reader", "writer"}, results[key]
     assert all(kib > 0 for kib in results[key].values()), results[key]
 assert set(results["load"]) == {"start", "end"} and results["repeats"] >= 1
+assert results["stream_bytes"] > 0
 assert results["machine"]["cpus"] >= 1' "$work/bench.json" 2>"$work/bench.check"
     must "the JSON to hold every case and every figure" [ $? == 0 ] ||
         { sed 's/^/#   /' "$work/bench.check"; return 1; }
