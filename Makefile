@@ -34,7 +34,7 @@ test: ## run the test suite against the real system (ipcs, /proc/sysvipc/shm)
 check-aarch64: ## the test suite again, under an arm64 CPython run by qemu-user (as CI does)
 	.ci/aarch64
 
-bench: ## measure the channel against os.pipe and multiprocessing.shared_memory
+bench: ## measure the channel against os.pipe, multiprocessing.Pipe and sed | cat
 	$(PYTHON) bench_shm.py
 
 watch: ## the tutorial's loop: ipcs -m once a second, our key only (Ctrl-C stops)

@@ -426,7 +426,7 @@ HEADER = struct.Struct("=8sIIiI")  # magic, slots, slot_size, writer_pid, stream
 HEADER_SIZE = 64                   # bytes reserved for it at offset 0
 MAGIC = b"shmm.py2"
 FRAME = struct.Struct("=4sIIQ")    # magic, length, flags, seq
-FRAME_SIZE = 64                    # bytes reserved for it: payloads start on a cache line
+FRAME_SIZE = 64                    # bytes reserved for it: records start on a cache line
 FRAME_MAGIC = b"frm2"
 END = 1                            # frame flag: the writer's last frame
 RECORD = struct.Struct("=II")      # length, flags

@@ -1379,16 +1379,33 @@ test_our_processb_talks_to_the_tutorial_cpp_reader() {
 
 test_bench_quick_checks_every_case_and_reports_json() {
     "$PYTHON" "$here/bench_shm.py" --quick --json >"$work/bench.json" 2>"$work/bench.err"
-    must "bench_shm.py --quick to succeed" [ $? == 0 ] || return 1
+    must "bench_shm.py --quick to succeed" [ $? == 0 ] ||
+        { tail -n 5 "$work/bench.err" | sed 's/^/#   /'; return 1; }
     py 'import json, sys
 results = json.load(open(sys.argv[1]))
 cases = {(c["transport"], c["block"], c["slots"]): c for c in results["cases"]}
 for block in (64, 4096, 65536, 1048576):
-    for transport, slots in (("pipe", 1), ("shm", 1), ("shm", 16), ("posix_shm", 1)):
+    for transport, slots in (("pipe", 1), ("mp_pipe", 1), ("shm", 1), ("shm", 16),
+                             ("posix_shm", 1)):
         case = cases[transport, block, slots]
-        assert case["gbps"] > 0 and case["msgs_per_s"] > 0 and case["ratio_to_pipe"] > 0
-assert set(results["latency_us"]) == {"shm", "pipe"}
-assert set(results["peak_rss_kib"]) == {"reader", "writer"}
+        assert case["gbps"] > 0 and case["msgs_per_s"] > 0, case
+        assert case["ratio_to_pipe"] > 0 and case["ratio_to_mp_pipe"] > 0, case
+        assert (case["slot_size"] > 0) == (transport == "shm"), case
+assert set(results["latency_us"]) == {"shm", "pipe", "pipe_polling"}
+assert all(us > 0 for us in results["latency_us"].values())
+commands = {c["name"]: c for c in results["end_to_end"]}
+ours = [c for c in commands.values() if c["name"].startswith("processb")]
+assert {c["stream"] for c in ours} == {"lines", "raw"}, ours
+assert {"python relay", "sed | cat", "cat | cat"} <= set(commands), list(commands)
+for command in commands.values():
+    assert command["seconds"] > 0 and command["amount"] > 0, command
+for command in ours:
+    assert command["speedup"] and all(x > 0 for x in command["speedup"].values()), command
+for key in ("peak_rss_kib", "peak_rss_lines_kib"):
+    assert set(results[key]) == {"reader", "writer"}, results[key]
+    assert all(kib > 0 for kib in results[key].values()), results[key]
+assert set(results["load"]) == {"start", "end"} and results["repeats"] >= 1
+assert results["stream_bytes"] > 0
 assert results["machine"]["cpus"] >= 1' "$work/bench.json" 2>"$work/bench.check"
     must "the JSON to hold every case and every figure" [ $? == 0 ] ||
         { sed 's/^/#   /' "$work/bench.check"; return 1; }
