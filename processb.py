@@ -58,6 +58,7 @@ log = logging.getLogger("processb")
 PROMPT = "Please enter: "
 READ_SIZE = 1 << 16   # bytes of lines per frame at most: bounds what processa prints at once
 POLL_INTERVAL = 0.01  # seconds between looks for processa while waiting
+POKE_INTERVAL = 0.02  # seconds between pokes of the main thread, once it should stop
 T = TypeVar("T")
 
 
@@ -191,7 +192,7 @@ def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
     log.info("took the writer's lock (flock on the notify FIFO): the only writer now")
 
 
-# --- 3. Notice at once when processa goes away ---------------------------------------
+# --- 3. Notice at once when processa goes away, or a signal comes ------------------
 #
 # Sending, we notice a vanished processa by EPIPE or end of file. But at the
 # prompt we sit in input(), and would only notice at the next line. So a
@@ -199,27 +200,52 @@ def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
 # and then interrupts the main thread with SIGUSR1, whose handler raises.
 # (Signal handlers run only in the main thread, and only a signal aimed at
 # it, with pthread_kill(3), interrupts the system call it is blocked in.)
+#
+# The same thread makes sure that Ctrl-C, kill and a closed terminal stop
+# us at the prompt. readline waits in select(2) and runs Python's signal
+# handlers only when select fails with EINTR; a signal that comes just
+# before it enters select (the prompt drawn, select not yet called) would
+# wait for the next key. The thread learns of every signal through
+# signal.set_wakeup_fd, and pokes the main thread with SIGUSR1 until it has
+# left: each poke that finds it in select runs the waiting handlers.
 
 
 @contextlib.contextmanager
 def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
-    """Raise PeerGone in the main thread as soon as processa closes its FIFOs."""
-    def on_hangup(_signum: int, _frame: object) -> None:
-        raise shmm.PeerGone("processa has gone away")
+    """Raise PeerGone in the main thread as soon as processa closes its FIFOs,
+    and let a stop signal interrupt the main thread wherever it waits."""
+    gone = threading.Event()  # processa closed its FIFOs
+    done = threading.Event()  # the main thread has left the block: stop poking it
+    signalled_r, signalled_w = os.pipe()
+    for fd in (signalled_r, signalled_w):
+        os.set_blocking(fd, False)
+
+    def on_poke(_signum: int, _frame: object) -> None:
+        if gone.is_set() and not done.is_set():
+            done.set()  # raise once
+            raise shmm.PeerGone("processa has gone away")
 
     def watch(main_thread: int) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, shmm.STOP_SIGNALS)  # they are the main thread's
         poller = select.poll()
         poller.register(ack_fd, 0)  # no events asked for: POLLHUP and POLLERR still come
-        poller.poll()
-        signal.pthread_kill(main_thread, signal.SIGUSR1)
+        poller.register(signalled_r, select.POLLIN)
+        if any(fd == ack_fd for fd, _ in poller.poll()):
+            gone.set()
+        while not done.wait(POKE_INTERVAL):
+            signal.pthread_kill(main_thread, signal.SIGUSR1)
 
-    signal.signal(signal.SIGUSR1, on_hangup)
+    signal.signal(signal.SIGUSR1, on_poke)
+    previous = signal.set_wakeup_fd(signalled_w)
     threading.Thread(target=watch, args=(threading.get_ident(),), daemon=True).start()
     try:
         yield
     finally:
+        done.set()
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # our own close is not news
+        signal.set_wakeup_fd(previous)
+        os.close(signalled_r)
+        os.close(signalled_w)
 
 
 # --- 4. What to send --------------------------------------------------------------

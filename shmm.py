@@ -880,6 +880,7 @@ class Writer(Ring):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.free = self.slots             # slots the reader has handed back
+        self.start = self.slot(0)          # where the slot of frame seq starts
         self.fill = 0                      # bytes of records in the open frame
         self.unannounced = 0               # frames filled, not yet announced
         self.batch = max(1, self.slots // 2)  # frames announced at a time
@@ -908,13 +909,12 @@ class Writer(Ring):
         if self.fill:
             self._publish()
         self._wait_for_free_slot()
-        start = self.slot(self.seq) + FRAME_SIZE + RECORD.size
+        start = self.start + FRAME_SIZE + RECORD.size
         return self.memory[start:start + self.capacity - RECORD.size]
 
     def commit(self, length: int, more: bool = False) -> None:
         """Send the first length bytes of the reserved room as one record."""
-        RECORD.pack_into(self.memory, self.slot(self.seq) + FRAME_SIZE, length,
-                         MORE if more else 0)
+        RECORD.pack_into(self.memory, self.start + FRAME_SIZE, length, MORE if more else 0)
         self.fill = RECORD.size + length
         self.messages += not more
         self._publish()
@@ -944,19 +944,19 @@ class Writer(Ring):
         if not self.fill:
             self._wait_for_free_slot()
         size = len(piece)
-        start = self.slot(self.seq) + FRAME_SIZE + self.fill
-        RECORD.pack_into(self.memory, start, size, flags)
-        self.memory[start + RECORD.size:start + RECORD.size + size] = piece
+        at = self.start + FRAME_SIZE + self.fill
+        RECORD.pack_into(self.memory, at, size, flags)
+        self.memory[at + RECORD.size:at + RECORD.size + size] = piece
         self.fill += RECORD.size + size
         self.messages += not flags
-        if self.capacity - self.fill <= RECORD.size:
+        if self.fill >= self.capacity - RECORD.size:
             self._publish()  # no room for another record
 
     def _publish(self, flags: int = 0) -> None:
         """Write the open frame's header: from now on it may be announced."""
-        FRAME.pack_into(self.memory, self.slot(self.seq), FRAME_MAGIC, self.fill, flags,
-                        self.seq)
+        FRAME.pack_into(self.memory, self.start, FRAME_MAGIC, self.fill, flags, self.seq)
         self.seq += 1
+        self.start = self.slot(self.seq)
         self.free -= 1
         self.fill = 0
         self.unannounced += 1
@@ -1021,11 +1021,11 @@ class Reader(Ring):
             raise CorruptFrame(f"frame {self.seq} claims {length} bytes; its slot holds"
                                f" {self.capacity}: refusing to read past it")
         at, end = start + FRAME_SIZE, start + FRAME_SIZE + length
-        record = RECORD.unpack_from  # (a local: this loop runs once per message)
+        record, header = RECORD.unpack_from, RECORD.size  # locals: once per message
         whole = 0
         while at < end:
-            size, more = record(memory, at) if end - at >= RECORD.size else (-1, 0)
-            at += RECORD.size
+            size, more = record(memory, at) if at + header <= end else (-1, 0)
+            at += header
             if not 0 <= size <= end - at or more > MORE:
                 raise CorruptFrame(f"frame {self.seq} holds a record of {size} bytes"
                                    f" (flags {more:#x}) that does not fit in it")
