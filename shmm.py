@@ -964,13 +964,23 @@ def proj_id_argument(text: str) -> int:
     return value
 
 
+# The segment header (section 9) stores the slot size in 32 bits, so a
+# larger segment could not be laid out, however much memory the kernel allows.
+LAYOUT_MAX_SIZE = 0xFFFFFFFF  # bytes: 4 GiB - 1
+
+
 def size_argument(text: str) -> int:
-    """Parse --size: bytes, more than 0 and within shmmax and shmall."""
+    """Parse --size: bytes, more than 0, within what the layout can describe,
+    and within shmmax and shmall."""
     size = int_argument(text)
     shmmax, shmall = read_kernel_limit("shmmax"), read_kernel_limit("shmall")
     pages = -(-size // os.sysconf("SC_PAGE_SIZE"))
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text}: a segment needs at least one byte")
+    if size > LAYOUT_MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text} bytes is more than {LAYOUT_MAX_SIZE} (4 GiB - 1): the message layout"
+            " stores sizes in 32 bits")
     if size > shmmax or pages > shmall:
         raise argparse.ArgumentTypeError(
             f"{text} bytes is beyond this system's limit (shmmax {shmmax} bytes,"

@@ -1018,6 +1018,22 @@ test_our_processb_talks_to_the_tutorial_cpp_reader() {
     must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
 }
 
+# --- Errors a hostile user finds ---------------------------------------------------
+
+test_a_size_the_layout_cannot_hold_is_refused_saying_the_limit() {
+    next_key
+    "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" --size $(((4 << 30) + 128)) \
+        </dev/null >"$work/big.out" 2>"$work/big.err"
+    must "exit status 2 for 4 GiB + 128 bytes" [ $? == 2 ] || return 1
+    must "one error line saying the limit" one_error big \
+        "is more than 4294967295 (4 GiB - 1): the message layout stores sizes in 32 bits" ||
+        return 1
+    "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" --size 4294967295 --wait 0 \
+        </dev/null >"$work/max.out" 2>"$work/max.err"
+    must "the limit itself accepted (exit 5: no processa), not $?" [ $? == 5 ] || return 1
+    must "nothing created" no_segment && no_fifos
+}
+
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
 
 test_bench_quick_checks_every_case_and_reports_json() {
