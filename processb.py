@@ -39,6 +39,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import select
 import signal
@@ -66,12 +67,25 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="processb.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     shmm.add_channel_options(parser)
-    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--wait", type=wait_argument, default=30.0, metavar="SECONDS",
                         help="how long to wait for processa to start (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.wait < 0:
-        parser.error(f"--wait {args.wait}: cannot wait less than 0 seconds")
+    if args.seed_protocol and args.raw:
+        parser.error("--seed-protocol sends lines through one string: no --raw")
     return args
+
+
+def wait_argument(text: str) -> float:
+    """Parse --wait: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
+    # float() also takes "nan" and "inf": nan compares false with everything,
+    # so a deadline of nan is never reached, and inf is not a limit either.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
+    return seconds + 0.0  # -0 becomes 0, which is how it is said
 
 
 # --- 1. Find processa ------------------------------------------------------------
@@ -251,7 +265,9 @@ def stdin_chunks() -> Iterator[bytes]:
 
 def terminal_lines() -> Iterator[bytes]:
     """Yield the lines typed at the terminal, prompting on stderr."""
-    import readline  # noqa: F401 - importing it is what gives input() line editing
+    # A Python built without readline still reads lines, only unedited.
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - importing it is what gives input() line editing
     while True:
         try:
             with stdout_on_stderr():

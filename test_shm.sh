@@ -336,17 +336,19 @@ test_sigint_to_processa_with_processb_attached_leaves_nothing() {
     must "no FIFOs" no_fifos
 }
 
-# at_terminal HOW: run processb with a terminal (a pty) on stdin and stderr
-# but a file on stdout; type two lines, the second longer than a terminal's
-# own 4095-byte limit, then end with HOW: eof (Ctrl-D) or sigint.
+# at_terminal HOW [PATH]: run processb with a terminal (a pty) on stdin and
+# stderr but a file on stdout; type two lines, the second longer than a
+# terminal's own 4095-byte limit, then end with HOW: eof (Ctrl-D) or sigint.
+# PATH, if given, is processb's PYTHONPATH.
 at_terminal() {
     py 'import os, pty, select, signal, subprocess, sys, time
 here, work, proj, how = sys.argv[1:5]
+path = {"PYTHONPATH": sys.argv[5]} if len(sys.argv) > 5 else {}
 master, terminal = pty.openpty()
 with open(f"{work}/b.out", "wb") as stdout:
     b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work,
                           "--proj-id", proj], stdin=terminal, stdout=stdout, stderr=terminal,
-                         env={**os.environ, "TERM": "dumb"})
+                         env={**os.environ, "TERM": "dumb", **path})
 seen = b""
 def until_prompt(count):
     global seen
@@ -369,7 +371,7 @@ else:
 try:
     sys.exit(b.wait(timeout=30))
 finally:
-    b.kill()' "$here" "$work" "$proj" "$1"
+    b.kill()' "$here" "$work" "$proj" "$@"
 }
 
 test_terminal_prompt_on_stderr_and_readline_lines_longer_than_4095() {
@@ -1032,6 +1034,38 @@ test_a_size_the_layout_cannot_hold_is_refused_saying_the_limit() {
         </dev/null >"$work/max.out" 2>"$work/max.err"
     must "the limit itself accepted (exit 5: no processa), not $?" [ $? == 5 ] || return 1
     must "nothing created" no_segment && no_fifos
+}
+
+test_wait_nan_inf_and_seed_protocol_with_raw_are_refused_and_wait_0_is_said_0() {
+    next_key
+    local bad status
+    for bad in "--wait nan" "--wait inf" "--wait -1e-9" "--seed-protocol --raw"; do
+        # A wait of nan or inf never ends: give up after $deadline s.
+        # shellcheck disable=SC2086 # each case is two words
+        timeout "$deadline" "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" $bad \
+            </dev/null >"$work/bad.out" 2>"$work/bad.err"
+        status=$?
+        must "processb.py $bad: exit status 2, not $status" [ $status == 2 ] || return 1
+        must "processb.py $bad: one error line" one_error bad "" || return 1
+    done
+    "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" --wait -0 </dev/null \
+        >"$work/b.out" 2>"$work/b.err"
+    must "--wait -0: exit status 5" [ $? == 5 ] || return 1
+    must "--wait -0: said as 0 s" one_error b "no segment at key $key after 0 s:" || return 1
+    must "nothing created" no_segment && no_fifos
+}
+
+test_processb_at_a_terminal_without_readline_reads_plain_lines() {
+    next_key
+    mkdir -p "$work/no-readline"
+    echo 'raise ImportError("this Python was built without readline")' \
+        >"$work/no-readline/readline.py"
+    start_reader a || return 1
+    at_terminal eof "$work/no-readline"
+    must "processb to end with 0 at Ctrl-D" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "the first line to arrive" grep -q -x "Message received: hello from a terminal, 你好" \
+        "$work/a.out"
 }
 
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
