@@ -42,6 +42,7 @@ import errno
 import logging
 import os
 import pwd
+import re
 import select
 import signal
 import stat
@@ -1147,17 +1148,71 @@ def command_stat(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ipcrm and ipcs read an id with strtol(3) in base 10, and ipcrm a key with
+# strtoul(3) in base 0 (0x: hex, a leading 0: octal), after any blanks and
+# an optional sign. An id must fit in an int. ctypes would cut a larger
+# number to 32 bits without a word, and name another segment: given
+# 4294967301, shmctl would act on shmid 5. ipcrm -M does just that with keys
+# (4294967301 is key 5); we refuse a key that does not fit in 32 bits, read
+# as unsigned (0xffffffff, as ipcs shows it) or signed (-1, what key_t holds).
+INT_RANGE = (-(1 << 31), (1 << 31) - 1)  # an int: what shmctl takes as shmid
+KEY_RANGE = (-(1 << 31), (1 << 32) - 1)  # 32 bits, signed or unsigned
+C_DECIMAL = re.compile(r"\s*[-+]?[0-9]+", re.ASCII)
+C_ANY_BASE = re.compile(r"\s*[-+]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
+
+
+def c_number(text: str, any_base: bool) -> int | None:
+    """Read text whole as strtol(3) does, in base 10 or (any_base) base 0;
+    None if it is not a number."""
+    if not (C_ANY_BASE if any_base else C_DECIMAL).fullmatch(text):
+        return None
+    digits = text.strip().lstrip("+-")
+    base = 10
+    if any_base and digits[:2] in ("0x", "0X"):
+        base = 16
+    elif any_base and digits.startswith("0"):
+        base = 8
+    return -int(digits, base) if text.strip().startswith("-") else int(digits, base)
+
+
+def parse_in_range(text: str, any_base: bool, bounds: tuple[int, int], what: str) -> int:
+    """Read text as a number within bounds, or fail with ipcrm's words."""
+    value = c_number(text, any_base)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"failed to parse {what}: '{text}'")
+    if not bounds[0] <= value <= bounds[1]:
+        raise argparse.ArgumentTypeError(
+            f"failed to parse {what}: '{text}': {os.strerror(errno.ERANGE)}")
+    return value
+
+
+def rm_shmid_argument(text: str) -> int:
+    """Parse a SHMID of `rm` as ipcrm -m does."""
+    return parse_in_range(text, False, INT_RANGE, "argument")
+
+
+def stat_shmid_argument(text: str) -> int:
+    """Parse the SHMID of `stat` as ipcs -m -i does."""
+    return parse_in_range(text, False, INT_RANGE, "id argument")
+
+
+def key_argument(text: str) -> tuple[int, str]:
+    """Parse --key of `rm` as ipcrm -M does, but only 32 bits; keep the text,
+    which ipcrm's messages quote."""
+    return parse_in_range(text, True, KEY_RANGE, "argument"), text
+
+
 # ipcrm's words for why a removal failed.
 RM_ERRORS = {errno.EPERM: "permission denied for", errno.EACCES: "permission denied for",
              errno.EINVAL: "invalid", errno.ENOENT: "invalid", errno.EIDRM: "already removed"}
 
 
-def remove_segment(target: int, by_key: bool) -> bool:
+def remove_segment(target: int, by_key: bool, text: str) -> bool:
     """Remove one segment by shmid or by key, as ipcrm does; say why not and
-    return False if it cannot be removed."""
+    return False if it cannot be removed. text: the key as it was typed."""
     # A segment already marked SHM_DEST has key IPC_PRIVATE, so its old key
     # finds nothing any more ("invalid key"): only its shmid still does.
-    what = f"key ({show_key(target)})" if by_key else f"id ({target})"
+    what = f"key ({text})" if by_key else f"id ({target})"
     if by_key and target == IPC_PRIVATE:
         log.error("rm: illegal %s: IPC_PRIVATE names no segment", what)
         return False
@@ -1174,9 +1229,10 @@ def remove_segment(target: int, by_key: bool) -> bool:
 def command_rm(args: argparse.Namespace) -> int:
     """Remove segments by shmid (like ipcrm -m) or by key (like ipcrm -M)."""
     if args.key is not None:
-        removed = [remove_segment(args.key, by_key=True)]
+        key, text = args.key
+        removed = [remove_segment(key, by_key=True, text=text)]
     else:
-        removed = [remove_segment(shmid, by_key=False) for shmid in args.shmids]
+        removed = [remove_segment(shmid, by_key=False, text=str(shmid)) for shmid in args.shmids]
     return ExitCode.OK if all(removed) else ExitCode.FAILURE
 
 
@@ -1205,12 +1261,12 @@ def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     ls = commands.add_parser("ls", help="list every segment, like ipcs -m")
     ls.set_defaults(run=command_ls, verbose=0, quiet=0)
     show = commands.add_parser("stat", help="show one segment, like ipcs -m -i SHMID")
-    show.add_argument("shmid", type=int_argument)
+    show.add_argument("shmid", type=stat_shmid_argument)
     show.set_defaults(run=command_stat, verbose=0, quiet=0)
     rm = commands.add_parser("rm", help="remove segments, like ipcrm -m SHMID or -M KEY")
     target = rm.add_mutually_exclusive_group(required=True)
-    target.add_argument("shmids", type=int_argument, nargs="*", default=[], metavar="SHMID")
-    target.add_argument("--key", type=int_argument, help="remove the segment at this key")
+    target.add_argument("shmids", type=rm_shmid_argument, nargs="*", default=[], metavar="SHMID")
+    target.add_argument("--key", type=key_argument, help="remove the segment at this key")
     rm.set_defaults(run=command_rm, verbose=0, quiet=0)
     clean = commands.add_parser("clean", help="remove what a crashed processa left at our key")
     add_key_options(clean)

@@ -1068,6 +1068,54 @@ test_processb_at_a_terminal_without_readline_reads_plain_lines() {
         "$work/a.out"
 }
 
+# says_like STATUS OURS -- THEIRS...: our command (run by the caller, its
+# output OURS, its exit status STATUS) said in its last line what THEIRS
+# says, after each program's prefix; and exited 2 where THEIRS could not
+# parse a number (a bad command line, as for every program here), else 1.
+says_like() {
+    local status=$1 ours theirs expected=1
+    ours=$(tail -n 1 <<<"$2" | sed -E 's/^.*: error: argument [^:]*: //; s/^\[Error\]\[[^]]*\]::rm: //')
+    theirs=$("${@:4}" 2>&1 | sed -E 's/^(ipcrm|ipcs): //')
+    [[ $theirs == "failed to parse"* ]] && expected=2
+    must "'$ours' to be '$theirs' (${*:4})" [ "$ours" == "$theirs" ] || return 1
+    must "exit status $expected, not $status (${*:4})" [ "$status" == $expected ]
+}
+
+test_shmm_rm_and_stat_parse_ids_and_keys_as_ipcrm_and_act_on_no_other() {
+    next_key
+    local gone live value ours
+    gone=$(make_segment "") && shmids+=("$gone") && ipcrm -m "$gone"
+    live=$(make_segment "") && shmids+=("$live")
+    # Spellings of an id that no longer exists, and ones that are no id;
+    # never one that might be someone else's segment: ipcrm acts on it.
+    for value in $((live + 4294967296)) -1 -2147483649 2147483648 abc "" 1x 0x10 1_0 \
+        " $gone" "0$gone" "+$gone" "$gone "; do
+        ours=$(shmm rm "$value" 2>&1)
+        says_like $? "$ours" -- ipcrm -m "$value" || return 1
+    done
+    for value in $((live + 4294967296)) 2147483648 abc "" 1x; do
+        ours=$(shmm stat "$value" 2>&1)
+        says_like $? "$ours" -- ipcs -m -i "$value" || return 1
+    done
+    must "shmid $live untouched by rm and stat of $((live + 4294967296))" \
+        segment_exists "$live" || return 1
+    ipcrm -m "$live"
+    use_proj 0x95 || return 1 # a key with the top bit set, spelled negative too
+    for value in "$key" $((key)) "$(printf '0%o' "$key")" " $key" $((key - 4294967296)) 0x zz; do
+        ours=$(shmm rm --key "$value" 2>&1)
+        says_like $? "$ours" -- ipcrm -M "$value" || return 1
+    done
+    # ipcrm -M cuts a key to 32 bits, and would remove this one: we refuse.
+    live=$(make_segment "") && shmids+=("$live")
+    ours=$(shmm rm --key $((key + 4294967296)) 2>&1)
+    must "exit status 2 for key $((key + 4294967296)), not $?" [ $? == 2 ] || return 1
+    must "the range said" grep -q -F \
+        "failed to parse argument: '$((key + 4294967296))': Numerical result out of range" \
+        <<<"$ours" || return 1
+    must "the segment at $key untouched" segment_exists "$live" || return 1
+    ipcrm -m "$live"
+}
+
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
 
 test_bench_quick_checks_every_case_and_reports_json() {
