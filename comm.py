@@ -69,4 +69,6 @@ class ExitCode(enum.IntEnum):
     WRITER_BUSY = 6        # processb: another processb has this processa
     PEER_GONE = 7          # the other process went away in mid-conversation
     CORRUPT = 8            # processa: a message header failed its checks
-    SIGNALLED = 128        # plus the signal number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+    SIGNALLED = 128        # plus the signal number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP.
+                           # Not exited with: after cleaning up, the process dies by the
+                           # signal itself, and the shell shows 128 + N in $? all the same.

@@ -26,8 +26,9 @@ lock, so that one processb at a time writes; sends; and at the end (or on a
 signal) detaches with shmdt(2). It never removes the segment: that is the
 creator's job.
 
-Exit status: 0 when processa has taken every message, 128 + N after signal
-N, others as listed in comm.py and README.md.
+Exit status: 0 when processa has taken every message, others as listed in
+comm.py and README.md. After signal N it detaches and dies by that signal,
+so that a script around it stops too; the shell shows 128 + N.
 
 Companion: processa.py (the reader). Library: shmm.py. Constants: comm.py.
 Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), fifo(7), flock(2).

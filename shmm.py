@@ -860,6 +860,14 @@ def write_c_string(memory: memoryview, text: bytes) -> None:
 # A signal that was ignored when we started stays ignored (nohup, or a
 # background job of a non-interactive shell, which ignores SIGINT): that
 # was the caller's decision.
+#
+# Once everything is cleaned up, the program dies by the signal that stopped
+# it (die_by): the default action again, and the signal raised again. An
+# exit(130) would look the same in $?, but a shell tells the two apart: a
+# child that exits, even with 130, handled the Ctrl-C itself, so a loop
+# around it (`for i in 1 2 3; do python3 processa.py; done`) goes on to the
+# next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
+# does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -892,6 +900,15 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def die_by(signum: int) -> None:
+    """End this process by signal signum, as its default action does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    signal.raise_signal(signum)
 
 
 class Cleanup(contextlib.ExitStack):
@@ -932,13 +949,15 @@ def configure_logging(verbosity: int) -> None:
 
 
 def run(program: str, body: Callable[[], int]) -> int:
-    """Run a program's body; turn each way it can fail into one line and an exit code."""
+    """Run a program's body; turn each way it can fail into one line and an exit
+    code, or, after a stop signal, into death by that signal."""
     stop_on_signals()
     try:
         return body()
     except Interrupted as stop:
         log.info("%s: stopped by %s", program, stop)
-        return ExitCode.SIGNALLED + stop.signum
+        die_by(stop.signum)
+        return ExitCode.SIGNALLED + stop.signum  # only if the signal did not end us
     except Refused as refusal:
         log.critical("%s: %s", program, refusal)
         return refusal.code

@@ -344,6 +344,7 @@ at_terminal() {
     py 'import os, pty, select, signal, subprocess, sys, time
 here, work, proj, how = sys.argv[1:5]
 path = {"PYTHONPATH": sys.argv[5]} if len(sys.argv) > 5 else {}
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # for processb: bash ignores it in background jobs
 master, terminal = pty.openpty()
 with open(f"{work}/b.out", "wb") as stdout:
     b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work,
@@ -367,9 +368,18 @@ assert until_prompt(3), seen
 if how == "eof":
     os.write(master, b"\x04")
 else:
+    # Only once processb sleeps in select(2): a signal that comes while
+    # Python'"'"'s readline is still on its way there is noted but wakes nothing.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{b.pid}/wchan") as wchan:
+            if "poll" in wchan.read():  # do_select and do_poll sleep in poll_schedule_timeout
+                break
+        time.sleep(0.01)
     b.send_signal(signal.SIGINT)
 try:
-    sys.exit(b.wait(timeout=30))
+    status = b.wait(timeout=30)
+    sys.exit(128 - status if status < 0 else status)  # killed by signal N: -N
 finally:
     b.kill()' "$here" "$work" "$proj" "$@"
 }
@@ -1114,6 +1124,45 @@ test_shmm_rm_and_stat_parse_ids_and_keys_as_ipcrm_and_act_on_no_other() {
         <<<"$ours" || return 1
     must "the segment at $key untouched" segment_exists "$live" || return 1
     ipcrm -m "$live"
+}
+
+# loop_started_again_or_ended: the shell loop of the test below has started
+# its command a second time, or has ended.
+loop_started_again_or_ended() { [[ -s $work/loop.runs ]] || ended loop; }
+
+test_ctrl_c_stops_a_shell_loop_around_either_program() {
+    local program waiting signum
+    for program in processa.py processb.py; do
+        next_key
+        waiting="waiting for processb"
+        [[ $program == processb.py ]] && waiting="waiting up to"
+        : >"$work/loop.runs"
+        # A script of its own, in a process group of its own, as a terminal
+        # has it: Ctrl-C sends SIGINT to the whole foreground group.
+        # shellcheck disable=SC2016 # expanded by that bash, from its arguments
+        start_command loop setsid env --default-signal=INT bash -c 'for i in 1 2 3; do
+            "$0" "$1" --path "$2" --proj-id "$3" </dev/null 2>"$4.$i.err"
+            echo "run $i ended with $?" >>"$4.runs"
+        done' "$PYTHON" "$here/$program" "$work" "$proj" "$work/loop"
+        must "$program to wait" wait_for logged loop.1 "$waiting" 2>/dev/null || return 1
+        kill -INT -- -"${pid[loop]}"
+        must "$program to stop the loop, or the loop to go on" \
+            wait_for loop_started_again_or_ended || return 1
+        must "the loop to stop at once, not: $(cat "$work/loop.runs")" \
+            [ ! -s "$work/loop.runs" ] || return 1
+        finish loop 130 || return 1
+        must "$program to say so" logged loop.1 "stopped by SIGINT" || return 1
+        must "nothing left" no_segment && no_fifos || return 1
+    done
+    # Death by signal looks the same in $? as before: 128 + N.
+    for signum in 1 15; do
+        start_command alone env PYTHONPATH="$here" "$PYTHON" -c 'import os, shmm, sys
+def stop():
+    os.kill(os.getpid(), int(sys.argv[1]))
+    return 0
+shmm.run("test", stop)' "$signum"
+        finish alone $((128 + signum)) || return 1
+    done
 }
 
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
