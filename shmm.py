@@ -81,9 +81,12 @@ COMMANDS = {IPC_RMID: "IPC_RMID", IPC_STAT: "IPC_STAT", SHM_INFO: "SHM_INFO",
             SHM_STAT_ANY: "SHM_STAT_ANY"}
 
 
-def declare(name: str, restype: Any, failed: Any, **params: Any) -> Any:
+def declare(name: str, restype: Any, failed: Any, *, errno_decides: bool = False,
+            **params: Any) -> Any:
     """Declare libc's function `name` once: its parameters, named as in its man
-    page, its return type, and the return value that means failure."""
+    page, its return type, and the return value that means failure. With
+    errno_decides, that value is also a valid result, and means failure only
+    if errno is set: the caller sets errno to 0 first (ctypes.set_errno)."""
     function = getattr(libc, name)
     function.argtypes = list(params.values())
     function.restype = restype
@@ -93,6 +96,8 @@ def declare(name: str, restype: Any, failed: Any, **params: Any) -> Any:
         # section, and read errno at once, before anything else can change it.
         if result == failed:
             err = ctypes.get_errno()
+            if errno_decides and err == 0:
+                return result
             raise OSError(err, os.strerror(err), show_call(name, params, arguments))
         return result
 
@@ -197,12 +202,19 @@ def describe(err: OSError) -> str:
 # bit is set and the key is negative, yet valid: only -1 means failure. The
 # tutorial tested `< 0`, rejected its key 0x9400....., and printed errno,
 # which nobody had set: "filed ftok:Success".
+#
+# Even -1 can be a key: project id 0xff, a device whose low byte is 0xff and
+# an inode whose low 16 bits are 0xffff give 0xffffffff. glibc's ftok then
+# returns -1 without setting errno. So errno is cleared before the call, and
+# -1 with errno still 0 is taken as the key it is.
 
-ftok = declare("ftok", ctypes.c_int, -1, pathname=ctypes.c_char_p, proj_id=ctypes.c_int)
+ftok = declare("ftok", ctypes.c_int, -1, errno_decides=True,
+               pathname=ctypes.c_char_p, proj_id=ctypes.c_int)
 
 
 def make_key(path: str, proj_id: int) -> int:
     """Return the key that ftok(3) derives from path and proj_id."""
+    ctypes.set_errno(0)  # so that a key of -1 is told from a failure
     return ftok(os.fsencode(path), proj_id)
 
 

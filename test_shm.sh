@@ -1165,6 +1165,70 @@ shmm.run("test", stop)' "$signum"
     done
 }
 
+# in_private_mounts COMMAND...: run COMMAND in a mount namespace of its own
+# (as root, or as a normal user mapped to root in a user namespace), where
+# what it mounts is seen by nobody else and goes when it ends.
+in_private_mounts() {
+    if [[ $(id -u) == 0 ]]; then unshare -m "$@"; else unshare -r -m "$@"; fi
+}
+
+# why_no_private_mounts: print why this run cannot mount a tmpfs of its own.
+why_no_private_mounts() {
+    mkdir -p "$work/probe"
+    if ! command -v unshare >/dev/null; then
+        echo "no unshare(1)"
+    elif ! in_private_mounts mount -t tmpfs none "$work/probe" 2>/dev/null; then
+        echo "unshare -m (or -r -m) and mount -t tmpfs are not allowed here"
+    fi
+}
+
+# file_with_key_minus_1: in a private mount namespace, mount tmpfs after
+# tmpfs until one's device number ends in 0xff (each takes the next free
+# minor), make files in it until one's inode ends in 0xffff (tmpfs counts
+# inodes up from 1), and run `shmm.py key` and processb on that file with
+# project id 0xff: ftok gives 0xff << 24 | 0xff << 16 | 0xffff, which is -1.
+file_with_key_minus_1() {
+    # shellcheck disable=SC2016 # expanded by that bash, from its arguments
+    in_private_mounts bash -c 'work=$1 here=$2 python=$3
+    for i in $(seq 300); do
+        mkdir -p "$work/mnt/$i"
+        mount -t tmpfs -o size=64m none "$work/mnt/$i" || exit 1
+        ((($(stat -c %d "$work/mnt/$i") & 0xff) == 0xff)) && break
+    done
+    file=$("$python" -c "import os, sys
+for n in range(1 << 17):
+    path = f\"{sys.argv[1]}/{n}\"
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY))
+    if os.stat(path).st_ino & 0xFFFF == 0xFFFF:
+        sys.exit(print(path))
+    os.unlink(path)
+sys.exit(1)" "$work/mnt/$i") || exit 1
+    echo "st_dev $(stat -c %d "$file"), st_ino $(stat -c %i "$file")" >"$work/minus1.file"
+    "$python" "$here/shmm.py" key --path "$file" --proj-id 0xff -q >"$work/minus1.key" \
+        2>"$work/minus1.err"
+    "$python" "$here/processb.py" --path "$file" --proj-id 0xff --wait 0 </dev/null \
+        >/dev/null 2>"$work/b.err"
+    echo $? >"$work/minus1.status"' bash "$work" "$here" "$PYTHON"
+}
+
+test_ftok_key_0xffffffff_is_a_key_not_an_error() {
+    skip_reason=$(why_no_private_mounts)
+    [[ -z $skip_reason ]] || return 0
+    if [[ -n $(shmid_of 0xffffffff) ]]; then
+        skip "a segment exists at key 0xffffffff: processb would find it"
+        return 0
+    fi
+    must "a file whose st_dev ends in 0xff and st_ino in 0xffff" file_with_key_minus_1 ||
+        return 1
+    local made
+    made="$(cat "$work/minus1.file"), not: $(cat "$work/minus1.key" "$work/minus1.err")"
+    must "shmm.py key to print 0xffffffff for $made" \
+        [ "$(cat "$work/minus1.key")" == 0xffffffff ] || return 1
+    must "processb to look for key 0xffffffff (exit 5), not $(cat "$work/minus1.status")" \
+        [ "$(cat "$work/minus1.status")" == 5 ] || return 1
+    must "one error line" one_error b "no segment at key 0xffffffff after 0 s"
+}
+
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
 
 test_bench_quick_checks_every_case_and_reports_json() {
