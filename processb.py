@@ -113,11 +113,11 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
     try:
         status = segment.status()
     except PermissionError as err:
-        raise Refused(ExitCode.PERMISSION_DENIED,
-                      f"{shmm.describe(err)}: the segment at key {show_key(key)} does not let"
-                      f" uid {os.getuid()} read or write it; run processb as the user who runs"
-                      " processa (or start processa with --mode 0666, which lets every local"
-                      " user read and write the messages)") from None
+        # No --mode helps another user: processa's FIFOs are private to its own.
+        raise Refused(ExitCode.PERMISSION_DENIED, f"{shmm.describe(err)}: at key {show_key(key)}, "
+                      + shmm.why_unreadable(segment.shmid, "run processb as uid {uid}, the user"
+                                            " who runs processa, whose FIFOs only that user"
+                                            " can open")) from None
     mode = status.shm_perm.mode & 0o777
     if mode & ~args.mode:
         raise Refused(ExitCode.SEGMENT_CONFLICT,

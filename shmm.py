@@ -290,6 +290,29 @@ assert ctypes.sizeof(shmid_ds) == 112, "struct shmid_ds is 112 bytes on 64-bit L
 shmctl = declare("shmctl", ctypes.c_int, -1,
                  shmid=ctypes.c_int, cmd=ctypes.c_int, buf=ctypes.POINTER(shmid_ds))
 
+# IPC_STAT needs read permission, even for the owner: a segment made with
+# mode 0 (as the tutorial's b.cc, started first, made it) is closed to its
+# own user too. /proc/sysvipc/shm, which every user may read, still tells
+# whose it is: key shmid perms size cpid lpid nattch uid gid cuid cgid ...
+
+
+def why_unreadable(shmid: int, advice: str) -> str:
+    """Say why IPC_STAT of shmid was refused: another user's segment (then
+    give advice), or one of our own whose mode lets not even us read it."""
+    with open("/proc/sysvipc/shm") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    row = next((fields for fields in rows if int(fields[1]) == shmid), None)
+    if row is None:
+        return f"shmid {shmid} is gone"
+    mode, cuid = int(row[2], 8) & 0o777, int(row[9])
+    if cuid != os.getuid():
+        return (f"shmid {shmid} was made by uid {cuid}, and its mode {mode:04o} does not let"
+                f" uid {os.getuid()} read it; {advice.format(uid=cuid)}")
+    return (f"shmid {shmid} is yours, but its mode {mode:04o} lets not even you read it:"
+            " processa did not make it (the tutorial's b.cc, started first, makes one with"
+            f" mode 0); if nothing uses it, remove it with `ipcrm -m {shmid}` and start"
+            " processa again")
+
 # --- 6. Map and unmap: shmat(2), shmdt(2) -----------------------------------------
 #
 # shmat maps the segment into our address space and returns where; shmaddr
@@ -496,8 +519,8 @@ def remove_leftover(key: int) -> int:
     try:
         status = segment.status()
     except PermissionError:
-        raise Refused(ExitCode.SEGMENT_CONFLICT, f"{where}, which belongs to another user;"
-                      " pick another key with --proj-id or --path") from None
+        raise Refused(ExitCode.SEGMENT_CONFLICT, f"key {show_key(key)}: " + why_unreadable(
+            segment.shmid, "pick another key with --proj-id or --path")) from None
     if status.shm_nattch:
         raise Refused(ExitCode.SEGMENT_CONFLICT,
                       f"{where}, in use by {status.shm_nattch} attached process(es), created by"
@@ -631,6 +654,21 @@ def fifo(path: str, mode: int) -> Iterator[str]:
         log.info("removed %s", path)
 
 
+CONNECT_SECONDS = 0.05  # how long a writer waits for processa's second open(2)
+
+
+def retry_enxio(open_fifo: Callable[[], int]) -> int:
+    """Call open_fifo until it does not fail with ENXIO, or CONNECT_SECONDS pass."""
+    deadline = time.monotonic() + CONNECT_SECONDS
+    while True:
+        try:
+            return open_fifo()
+        except OSError as err:
+            if err.errno != errno.ENXIO or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.001)
+
+
 def connect_writer(key: int) -> tuple[int, int]:
     """Open processa's FIFOs as the writer, without waiting: return (notify_fd,
     ack_fd), or raise FileNotFoundError or ENXIO while processa is not there."""
@@ -642,7 +680,11 @@ def connect_writer(key: int) -> tuple[int, int]:
     try:
         # Opening for writing with O_NONBLOCK fails with ENXIO unless a reader
         # has the FIFO open: so success means processa is alive and listening.
-        notify_fd = os.open(notify_path, os.O_WRONLY | os.O_NONBLOCK)
+        # If our open of ack is what let processa go on, it is on its way to
+        # open notify: wait for it a moment, holding ack open. Given up at
+        # once, another processb would take processa, and could be served
+        # and gone before we looked again ("no segment" instead of "busy").
+        notify_fd = retry_enxio(lambda: os.open(notify_path, os.O_WRONLY | os.O_NONBLOCK))
     except OSError:
         os.close(ack_fd)
         raise

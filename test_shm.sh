@@ -1229,6 +1229,95 @@ test_ftok_key_0xffffffff_is_a_key_not_an_error() {
     must "one error line" one_error b "no segment at key 0xffffffff after 0 s"
 }
 
+test_another_users_segment_is_refused_with_advice_that_works() {
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    start_reader a || return 1
+    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --wait 5 \
+        </dev/null >"$work/n.out" 2>"$work/n.err"
+    must "exit status 4 for nobody" [ $? == 4 ] || return 1
+    must "one error line saying whose it is and who can use it" one_error n \
+        "was made by uid $(id -u), and its mode 0600 does not let uid $(id -u nobody) read it; run processb as uid $(id -u), the user who runs processa" ||
+        return 1
+    if grep -q -- --mode "$work/n.err"; then
+        diag "expected: no advice to use --mode, which cannot let another user in"
+        return 1
+    fi
+    message_gets_through a "as the user who runs processa" # the advice, followed
+}
+
+# nobody_runs NAME PROGRAM ARGS...: start PROGRAM as nobody, with this test's key.
+nobody_runs() {
+    start_command "$1" env --default-signal=INT setpriv --reuid=nobody \
+        --regid="$(id -g nobody)" --clear-groups /usr/bin/python3 "$here/$2" --path "$work" \
+        --proj-id "$proj" "${@:3}"
+}
+
+test_a_mode_0_segment_of_ones_own_is_named_so_and_removing_it_clears_the_way() {
+    local id made_dir=""
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    # The tutorial's b.cc, started first, makes the segment with mode 0.
+    as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]
+import shmm
+shmm.Segment.create(int(sys.argv[2], 0), 4096, 0)' "$here" "$key" || return 1
+    id=$(shmid_of "$key") && shmids+=("$id")
+    nobody_runs b processb.py --wait 5 </dev/null
+    finish b 4 || return 1
+    must "processb to say it is ours, with mode 0" one_error b \
+        "shmid $id is yours, but its mode 0000 lets not even you read it" || return 1
+    nobody_runs a processa.py </dev/null
+    finish a 3 || return 1
+    must "processa to say so too, and how to remove it" one_error a \
+        "key $key: shmid $id is yours, but its mode 0000 lets not even you read it" || return 1
+    must "and how to remove it" one_error a "remove it with \`ipcrm -m $id\`" || return 1
+    # The advice, followed: nobody removes it, and processa starts.
+    must "nobody to remove it with ipcrm -m $id" as_nobody ipcrm -m "$id" || return 1
+    [[ -e /tmp/shmm-$(id -u nobody) ]] || made_dir=/tmp/shmm-$(id -u nobody)
+    nobody_runs a processa.py </dev/null
+    must "processa to listen" wait_for logged a "waiting for processb" || return 1
+    echo "after ipcrm" >"$work/sender.in"
+    nobody_runs sender processb.py <"$work/sender.in"
+    finish sender 0 && finish a 0 || return 1
+    [[ -z $made_dir ]] || rmdir "$made_dir"
+    must "the line to arrive" grep -q -x "Message received: after ipcrm" "$work/a.out"
+}
+
+# status_of NAME: wait for NAME, which has ended, and print its exit status.
+status_of() {
+    { wait "${pid[$1]}"; } 2>/dev/null
+    echo $?
+    unset "pid[$1]"
+}
+
+test_the_loser_of_two_racing_processb_is_told_busy_not_absent() {
+    local round w status winners
+    printf 'one line\n' >"$work/short.in"
+    for round in 1 2 3 4 5 6 7 8; do
+        next_key
+        start_reader a || return 1
+        start w1 processb.py -v --wait 1 <"$work/short.in"
+        start w2 processb.py -v --wait 1 <"$work/short.in"
+        must "both writers to end" wait_for ended w1 && wait_for ended w2 || return 1
+        finish a 0 || return 1
+        winners=0
+        for w in w1 w2; do
+            status=$(status_of $w)
+            [[ $status == 0 ]] && winners=$((winners + 1)) && continue
+            # One that started after processa had gone was right to say so
+            # (5); one that met processa between its two open(2) calls
+            # (ENXIO), and gave up on it, was not.
+            if grep -q ENXIO "$work/$w.err"; then
+                must "round $round: $w, which met processa, to be refused as busy (6), not $status" \
+                    [ "$status" == 6 ] || return 1
+            fi
+        done
+        must "round $round: one winner, not $winners" [ $winners == 1 ] || return 1
+    done
+}
+
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
 
 test_bench_quick_checks_every_case_and_reports_json() {
