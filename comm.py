@@ -43,6 +43,8 @@ SLOTS = 1             # message slots in the segment: 1 is the tutorial's lock-s
 # differs between shells of one user (su, sudo, ssh, cron).
 
 FIFO_DIR = "/tmp/shmm-{uid}"    # made with mode 0700; refused if it is not ours
+FIFO_DIR_VARIABLE = "SHMM_FIFO_DIR"  # names another directory, for both programs alike:
+                                     # the way out when someone else made ours first
 NOTIFY_FIFO = "{key}.notify"    # writer -> reader: one byte per filled slot
 ACK_FIFO = "{key}.ack"          # reader -> writer: one byte per freed slot
 FIFO_MODE = 0o600               # the FIFOs are as private as their directory

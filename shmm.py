@@ -595,14 +595,18 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # user can write, named after the key, so that processb finds them from the
 # key alone, from any directory, and nobody else can replace them. /tmp is
 # open to all, so the directory is checked: ours, mode 0700, not a symlink.
+# Another user can still make /tmp/shmm-UID first, and the sticky bit of
+# /tmp keeps us from removing it: SHMM_FIFO_DIR then names another directory
+# (for both programs), which must pass the same checks.
 #
 # Closing a FIFO is also how each side learns that the other has gone:
 # read(2) returns 0 (end of file), write(2) fails with EPIPE.
 
 
 def fifo_directory() -> str:
-    """Return the directory where this user's FIFOs live."""
-    return comm.FIFO_DIR.format(uid=os.getuid())
+    """Return the directory where this user's FIFOs live: $SHMM_FIFO_DIR, or
+    /tmp/shmm-UID."""
+    return os.environ.get(comm.FIFO_DIR_VARIABLE) or comm.FIFO_DIR.format(uid=os.getuid())
 
 
 def fifo_paths(key: int) -> tuple[str, str]:
@@ -619,7 +623,9 @@ def check_private(directory: str) -> None:
         raise Refused(ExitCode.FAILURE,
                       f"{directory} must be a directory of uid {os.getuid()} with mode 0700"
                       f" (it is uid {info.st_uid}, mode {stat.filemode(info.st_mode)});"
-                      " someone else may have made it: look at it, and remove it")
+                      " someone else may have made it, and in /tmp only they can remove it."
+                      f" Name a directory of your own with {comm.FIFO_DIR_VARIABLE}=DIR, for"
+                      " processa and processb alike (made with mode 0700 if missing)")
 
 
 @contextlib.contextmanager

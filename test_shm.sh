@@ -21,7 +21,7 @@ set -u -o pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/test_shm.XXXXXX")
-fifo_dir=/tmp/shmm-$(id -u)
+fifo_dir=${SHMM_FIFO_DIR:-/tmp/shmm-$(id -u)}
 deadline=30          # seconds any awaited event may take on a busy machine
 passed=0 failed=0 skipped=0 number=0
 proj=0 key=""        # this test's project id and key (see next_key)
@@ -1316,6 +1316,56 @@ test_the_loser_of_two_racing_processb_is_told_busy_not_absent() {
         done
         must "round $round: one winner, not $winners" [ $winners == 1 ] || return 1
     done
+}
+
+test_a_fifo_directory_held_hostage_is_escaped_with_shmm_fifo_dir() {
+    local hostage status
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    hostage=/tmp/shmm-$(id -u nobody)
+    if [[ -e $hostage || -L $hostage ]]; then
+        skip "$hostage exists already: it is not ours to replace"
+        return 0
+    fi
+    next_key
+    mkdir -m 0700 "$hostage" # root plants it first: nobody can neither use nor remove it
+    escape_with_shmm_fifo_dir "$hostage"
+    status=$?
+    rmdir "$hostage"
+    return $status
+}
+
+# escape_with_shmm_fifo_dir HOSTAGE: nobody's processa is refused HOSTAGE,
+# and, following the advice, works with SHMM_FIFO_DIR.
+escape_with_shmm_fifo_dir() {
+    as_nobody /usr/bin/python3 "$here/processa.py" --path "$work" --proj-id "$proj" </dev/null \
+        >"$work/n.out" 2>"$work/n.err"
+    must "exit status 1, not $?" [ $? == 1 ] || return 1
+    must "one error line naming the way out" one_error n \
+        "Name a directory of your own with SHMM_FIFO_DIR=DIR, for processa and processb alike" ||
+        return 1
+    if as_nobody rmdir "$1" 2>/dev/null; then
+        diag "expected: nobody unable to remove $1, as the message says"
+        return 1
+    fi
+    # The way out: a directory of nobody's own, which processa makes.
+    mkdir -m 0755 "$work/nobody" && chown nobody "$work/nobody" && chmod o+x "$work"
+    SHMM_FIFO_DIR=$work/nobody/fifos nobody_runs a processa.py </dev/null
+    must "processa to listen in SHMM_FIFO_DIR" wait_for logged a \
+        "waiting for processb on $work/nobody/fifos/$key.notify" || return 1
+    echo "through SHMM_FIFO_DIR" >"$work/sender.in"
+    SHMM_FIFO_DIR=$work/nobody/fifos nobody_runs sender processb.py <"$work/sender.in"
+    finish sender 0 || return 1
+    finish a 0 || return 1
+    must "the line to arrive" grep -q -x "Message received: through SHMM_FIFO_DIR" "$work/a.out" ||
+        return 1
+    # The directory named must pass the same checks: a symlink is refused.
+    ln -s "$work/nobody/fifos" "$work/nobody/link"
+    SHMM_FIFO_DIR=$work/nobody/link as_nobody /usr/bin/python3 "$here/processa.py" \
+        --path "$work" --proj-id "$proj" </dev/null >"$work/n.out" 2>"$work/n.err"
+    must "exit status 1 for a symlink" [ $? == 1 ] || return 1
+    must "one error line" one_error n "$work/nobody/link must be a directory of uid" || return 1
+    must "no segment left" no_segment
 }
 
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
