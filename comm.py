@@ -47,6 +47,8 @@ MAX_LINE = 1 << 20    # bytes: the longest line text mode carries. processa hold
 # differs between shells of one user (su, sudo, ssh, cron).
 
 FIFO_DIR = "/tmp/shmm-{uid}"    # made with mode 0700; refused if it is not ours
+FIFO_DIR_VARIABLE = "SHMM_FIFO_DIR"  # names another directory, for both programs alike:
+                                     # the way out when someone else made ours first
 NOTIFY_FIFO = "{key}.notify"    # writer -> reader: one byte per filled slot
 ACK_FIFO = "{key}.ack"          # reader -> writer: one byte per freed slot
 FIFO_MODE = 0o600               # the FIFOs are as private as their directory
@@ -74,4 +76,6 @@ class ExitCode(enum.IntEnum):
     WRITER_BUSY = 6        # processb: another processb has this processa
     PEER_GONE = 7          # the other process went away in mid-conversation
     CORRUPT = 8            # processa: a message header failed its checks
-    SIGNALLED = 128        # plus the signal number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+    SIGNALLED = 128        # plus the signal number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP.
+                           # Not exited with: after cleaning up, the process dies by the
+                           # signal itself, and the shell shows 128 + N in $? all the same.

@@ -30,8 +30,10 @@ removes the segment with shmctl(2) IPC_RMID.
 
 Messages go to stdout, one line each, as soon as they arrive; with --raw,
 the bytes processb streams are written to stdout exactly as sent. Logs go
-to stderr. Exit status: 0 when processb closed the channel, 128 + N after
-signal N (130 for Ctrl-C), others as listed in comm.py and README.md.
+to stderr. Exit status: 0 when processb closed the channel, others as
+listed in comm.py and README.md. Signal N (Ctrl-C, kill, a closed terminal)
+makes it clean up and then die by that signal, so that a script or loop
+around it stops too; the shell shows 128 + N (130 for Ctrl-C).
 
 Companion: processb.py (the writer). Library: shmm.py. Constants: comm.py.
 Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2), fifo(7).

@@ -26,8 +26,9 @@ lock, so that one processb at a time writes; sends; and at the end (or on a
 signal) detaches with shmdt(2). It never removes the segment: that is the
 creator's job.
 
-Exit status: 0 when processa has taken every message, 128 + N after signal
-N, others as listed in comm.py and README.md.
+Exit status: 0 when processa has taken every message, others as listed in
+comm.py and README.md. After signal N it detaches and dies by that signal,
+so that a script around it stops too; the shell shows 128 + N.
 
 Companion: processa.py (the reader). Library: shmm.py. Constants: comm.py.
 Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), fifo(7), flock(2).
@@ -39,6 +40,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import select
 import signal
@@ -67,12 +69,25 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="processb.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     shmm.add_channel_options(parser)
-    parser.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--wait", type=wait_argument, default=30.0, metavar="SECONDS",
                         help="how long to wait for processa to start (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.wait < 0:
-        parser.error(f"--wait {args.wait}: cannot wait less than 0 seconds")
+    if args.seed_protocol and args.raw:
+        parser.error("--seed-protocol sends lines through one string: no --raw")
     return args
+
+
+def wait_argument(text: str) -> float:
+    """Parse --wait: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
+    # float() also takes "nan" and "inf": nan compares false with everything,
+    # so a deadline of nan is never reached, and inf is not a limit either.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
+    return seconds + 0.0  # -0 becomes 0, which is how it is said
 
 
 # --- 1. Find processa ------------------------------------------------------------
@@ -99,11 +114,11 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
     try:
         status = segment.status()
     except PermissionError as err:
-        raise Refused(ExitCode.PERMISSION_DENIED,
-                      f"{shmm.describe(err)}: the segment at key {show_key(key)} does not let"
-                      f" uid {os.getuid()} read or write it; run processb as the user who runs"
-                      " processa (or start processa with --mode 0666, which lets every local"
-                      " user read and write the messages)") from None
+        # No --mode helps another user: processa's FIFOs are private to its own.
+        raise Refused(ExitCode.PERMISSION_DENIED, f"{shmm.describe(err)}: at key {show_key(key)}, "
+                      + shmm.why_unreadable(segment.shmid, "run processb as uid {uid}, the user"
+                                            " who runs processa, whose FIFOs only that user"
+                                            " can open")) from None
     mode = status.shm_perm.mode & 0o777
     if mode & ~args.mode:
         raise Refused(ExitCode.SEGMENT_CONFLICT,
@@ -368,7 +383,9 @@ def send_typed_lines(writer: shmm.Writer) -> int:
 
 def terminal_lines() -> Iterator[bytes]:
     """Yield the lines typed at the terminal, prompting on stderr."""
-    import readline  # noqa: F401 - importing it is what gives input() line editing
+    # A Python built without readline still reads lines, only unedited.
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - importing it is what gives input() line editing
     while True:
         try:
             with stdout_on_stderr():

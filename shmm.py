@@ -43,6 +43,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import select
 import signal
 import stat
@@ -81,9 +82,12 @@ COMMANDS = {IPC_RMID: "IPC_RMID", IPC_STAT: "IPC_STAT", SHM_INFO: "SHM_INFO",
             SHM_STAT_ANY: "SHM_STAT_ANY"}
 
 
-def declare(name: str, restype: Any, failed: Any, **params: Any) -> Any:
+def declare(name: str, restype: Any, failed: Any, *, errno_decides: bool = False,
+            **params: Any) -> Any:
     """Declare libc's function `name` once: its parameters, named as in its man
-    page, its return type, and the return value that means failure."""
+    page, its return type, and the return value that means failure. With
+    errno_decides, that value is also a valid result, and means failure only
+    if errno is set: the caller sets errno to 0 first (ctypes.set_errno)."""
     function = getattr(libc, name)
     function.argtypes = list(params.values())
     function.restype = restype
@@ -93,6 +97,8 @@ def declare(name: str, restype: Any, failed: Any, **params: Any) -> Any:
         # section, and read errno at once, before anything else can change it.
         if result == failed:
             err = ctypes.get_errno()
+            if errno_decides and err == 0:
+                return result
             raise OSError(err, os.strerror(err), show_call(name, params, arguments))
         return result
 
@@ -201,12 +207,19 @@ def describe_errno(err: OSError) -> str:
 # bit is set and the key is negative, yet valid: only -1 means failure. The
 # tutorial tested `< 0`, rejected its key 0x9400....., and printed errno,
 # which nobody had set: "filed ftok:Success".
+#
+# Even -1 can be a key: project id 0xff, a device whose low byte is 0xff and
+# an inode whose low 16 bits are 0xffff give 0xffffffff. glibc's ftok then
+# returns -1 without setting errno. So errno is cleared before the call, and
+# -1 with errno still 0 is taken as the key it is.
 
-ftok = declare("ftok", ctypes.c_int, -1, pathname=ctypes.c_char_p, proj_id=ctypes.c_int)
+ftok = declare("ftok", ctypes.c_int, -1, errno_decides=True,
+               pathname=ctypes.c_char_p, proj_id=ctypes.c_int)
 
 
 def make_key(path: str, proj_id: int) -> int:
     """Return the key that ftok(3) derives from path and proj_id."""
+    ctypes.set_errno(0)  # so that a key of -1 is told from a failure
     return ftok(os.fsencode(path), proj_id)
 
 
@@ -281,6 +294,29 @@ assert ctypes.sizeof(shmid_ds) == 112, "struct shmid_ds is 112 bytes on 64-bit L
 
 shmctl = declare("shmctl", ctypes.c_int, -1,
                  shmid=ctypes.c_int, cmd=ctypes.c_int, buf=ctypes.POINTER(shmid_ds))
+
+# IPC_STAT needs read permission, even for the owner: a segment made with
+# mode 0 (as the tutorial's b.cc, started first, made it) is closed to its
+# own user too. /proc/sysvipc/shm, which every user may read, still tells
+# whose it is: key shmid perms size cpid lpid nattch uid gid cuid cgid ...
+
+
+def why_unreadable(shmid: int, advice: str) -> str:
+    """Say why IPC_STAT of shmid was refused: another user's segment (then
+    give advice), or one of our own whose mode lets not even us read it."""
+    with open("/proc/sysvipc/shm") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    row = next((fields for fields in rows if int(fields[1]) == shmid), None)
+    if row is None:
+        return f"shmid {shmid} is gone"
+    mode, cuid = int(row[2], 8) & 0o777, int(row[9])
+    if cuid != os.getuid():
+        return (f"shmid {shmid} was made by uid {cuid}, and its mode {mode:04o} does not let"
+                f" uid {os.getuid()} read it; {advice.format(uid=cuid)}")
+    return (f"shmid {shmid} is yours, but its mode {mode:04o} lets not even you read it:"
+            " processa did not make it (the tutorial's b.cc, started first, makes one with"
+            f" mode 0); if nothing uses it, remove it with `ipcrm -m {shmid}` and start"
+            " processa again")
 
 # --- 6. Map and unmap: shmat(2), shmdt(2) -----------------------------------------
 #
@@ -526,8 +562,8 @@ def remove_leftover(key: int) -> int:
     try:
         status = segment.status()
     except PermissionError:
-        raise Refused(ExitCode.SEGMENT_CONFLICT, f"{where}, which belongs to another user;"
-                      " pick another key with --proj-id or --path") from None
+        raise Refused(ExitCode.SEGMENT_CONFLICT, f"key {show_key(key)}: " + why_unreadable(
+            segment.shmid, "pick another key with --proj-id or --path")) from None
     creator = status.shm_perm.cuid
     if creator != os.geteuid():
         raise Refused(ExitCode.SEGMENT_CONFLICT,
@@ -624,6 +660,9 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # user can write, named after the key, so that processb finds them from the
 # key alone, from any directory, and nobody else can replace them. /tmp is
 # open to all, so the directory is checked: ours, mode 0700, not a symlink.
+# Another user can still make /tmp/shmm-UID first, and the sticky bit of
+# /tmp keeps us from removing it: SHMM_FIFO_DIR then names another directory
+# (for both programs), which must pass the same checks.
 #
 # The handshake. Each open(2) of a FIFO waits for the other end, unless it
 # is made with O_NONBLOCK; these are the four opens, in order:
@@ -663,8 +702,9 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def fifo_directory() -> str:
-    """Return the directory where this user's FIFOs live."""
-    return comm.FIFO_DIR.format(uid=os.getuid())
+    """Return the directory where this user's FIFOs live: $SHMM_FIFO_DIR, or
+    /tmp/shmm-UID."""
+    return os.environ.get(comm.FIFO_DIR_VARIABLE) or comm.FIFO_DIR.format(uid=os.getuid())
 
 
 def fifo_paths(key: int) -> tuple[str, str]:
@@ -681,7 +721,9 @@ def check_private(directory: str) -> None:
         raise Refused(ExitCode.FAILURE,
                       f"{directory} must be a directory of uid {os.getuid()} with mode 0700"
                       f" (it is uid {info.st_uid}, mode {stat.filemode(info.st_mode)});"
-                      " someone else may have made it: look at it, and remove it")
+                      " someone else may have made it, and in /tmp only they can remove it."
+                      f" Name a directory of your own with {comm.FIFO_DIR_VARIABLE}=DIR, for"
+                      " processa and processb alike (made with mode 0700 if missing)")
 
 
 @contextlib.contextmanager
@@ -1090,6 +1132,14 @@ def write_c_string(memory: memoryview, text: bytes) -> None:
 # A signal that was ignored when we started stays ignored (nohup, or a
 # background job of a non-interactive shell, which ignores SIGINT): that
 # was the caller's decision.
+#
+# Once everything is cleaned up, the program dies by the signal that stopped
+# it (die_by): the default action again, and the signal raised again. An
+# exit(130) would look the same in $?, but a shell tells the two apart: a
+# child that exits, even with 130, handled the Ctrl-C itself, so a loop
+# around it (`for i in 1 2 3; do python3 processa.py; done`) goes on to the
+# next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
+# does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -1122,6 +1172,15 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def die_by(signum: int) -> None:
+    """End this process by signal signum, as its default action does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    signal.raise_signal(signum)
 
 
 class Cleanup(contextlib.ExitStack):
@@ -1184,13 +1243,15 @@ def reopen_closed_standard_streams() -> list[str]:
 
 
 def run(program: str, body: Callable[[], int]) -> int:
-    """Run a program's body; turn each way it can fail into one line and an exit code."""
+    """Run a program's body; turn each way it can fail into one line and an exit
+    code, or, after a stop signal, into death by that signal."""
     stop_on_signals()
     try:
         return body()
     except Interrupted as stop:
         log.info("%s: stopped by %s", program, stop)
-        return ExitCode.SIGNALLED + stop.signum
+        die_by(stop.signum)
+        return ExitCode.SIGNALLED + stop.signum  # only if the signal did not end us
     except Refused as refusal:
         log.critical("%s: %s", program, refusal)
         return refusal.code
@@ -1217,13 +1278,23 @@ def proj_id_argument(text: str) -> int:
     return value
 
 
+# The segment header (section 9) stores the slot size in 32 bits, so a
+# larger segment could not be laid out, however much memory the kernel allows.
+LAYOUT_MAX_SIZE = 0xFFFFFFFF  # bytes: 4 GiB - 1
+
+
 def size_argument(text: str) -> int:
-    """Parse --size: bytes, more than 0 and within shmmax and shmall."""
+    """Parse --size: bytes, more than 0, within what the layout can describe,
+    and within shmmax and shmall."""
     size = int_argument(text)
     shmmax, shmall = read_kernel_limit("shmmax"), read_kernel_limit("shmall")
     pages = -(-size // os.sysconf("SC_PAGE_SIZE"))
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text}: a segment needs at least one byte")
+    if size > LAYOUT_MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text} bytes is more than {LAYOUT_MAX_SIZE} (4 GiB - 1): the message layout"
+            " stores sizes in 32 bits")
     if size > shmmax or pages > shmall:
         raise argparse.ArgumentTypeError(
             f"{text} bytes is beyond this system's limit (shmmax {shmmax} bytes,"
@@ -1421,17 +1492,71 @@ def command_stat(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ipcrm and ipcs read an id with strtol(3) in base 10, and ipcrm a key with
+# strtoul(3) in base 0 (0x: hex, a leading 0: octal), after any blanks and
+# an optional sign. An id must fit in an int. ctypes would cut a larger
+# number to 32 bits without a word, and name another segment: given
+# 4294967301, shmctl would act on shmid 5. ipcrm -M does just that with keys
+# (4294967301 is key 5); we refuse a key that does not fit in 32 bits, read
+# as unsigned (0xffffffff, as ipcs shows it) or signed (-1, what key_t holds).
+INT_RANGE = (-(1 << 31), (1 << 31) - 1)  # an int: what shmctl takes as shmid
+KEY_RANGE = (-(1 << 31), (1 << 32) - 1)  # 32 bits, signed or unsigned
+C_DECIMAL = re.compile(r"\s*[-+]?[0-9]+", re.ASCII)
+C_ANY_BASE = re.compile(r"\s*[-+]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
+
+
+def c_number(text: str, any_base: bool) -> int | None:
+    """Read text whole as strtol(3) does, in base 10 or (any_base) base 0;
+    None if it is not a number."""
+    if not (C_ANY_BASE if any_base else C_DECIMAL).fullmatch(text):
+        return None
+    digits = text.strip().lstrip("+-")
+    base = 10
+    if any_base and digits[:2] in ("0x", "0X"):
+        base = 16
+    elif any_base and digits.startswith("0"):
+        base = 8
+    return -int(digits, base) if text.strip().startswith("-") else int(digits, base)
+
+
+def parse_in_range(text: str, any_base: bool, bounds: tuple[int, int], what: str) -> int:
+    """Read text as a number within bounds, or fail with ipcrm's words."""
+    value = c_number(text, any_base)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"failed to parse {what}: '{text}'")
+    if not bounds[0] <= value <= bounds[1]:
+        raise argparse.ArgumentTypeError(
+            f"failed to parse {what}: '{text}': {os.strerror(errno.ERANGE)}")
+    return value
+
+
+def rm_shmid_argument(text: str) -> int:
+    """Parse a SHMID of `rm` as ipcrm -m does."""
+    return parse_in_range(text, False, INT_RANGE, "argument")
+
+
+def stat_shmid_argument(text: str) -> int:
+    """Parse the SHMID of `stat` as ipcs -m -i does."""
+    return parse_in_range(text, False, INT_RANGE, "id argument")
+
+
+def key_argument(text: str) -> tuple[int, str]:
+    """Parse --key of `rm` as ipcrm -M does, but only 32 bits; keep the text,
+    which ipcrm's messages quote."""
+    return parse_in_range(text, True, KEY_RANGE, "argument"), text
+
+
 # ipcrm's words for why a removal failed.
 RM_ERRORS = {errno.EPERM: "permission denied for", errno.EACCES: "permission denied for",
              errno.EINVAL: "invalid", errno.ENOENT: "invalid", errno.EIDRM: "already removed"}
 
 
-def remove_segment(target: int, by_key: bool) -> bool:
+def remove_segment(target: int, by_key: bool, text: str) -> bool:
     """Remove one segment by shmid or by key, as ipcrm does; say why not and
-    return False if it cannot be removed."""
+    return False if it cannot be removed. text: the key as it was typed."""
     # A segment already marked SHM_DEST has key IPC_PRIVATE, so its old key
     # finds nothing any more ("invalid key"): only its shmid still does.
-    what = f"key ({show_key(target)})" if by_key else f"id ({target})"
+    what = f"key ({text})" if by_key else f"id ({target})"
     if by_key and target == IPC_PRIVATE:
         log.error("rm: illegal %s: IPC_PRIVATE names no segment", what)
         return False
@@ -1448,9 +1573,10 @@ def remove_segment(target: int, by_key: bool) -> bool:
 def command_rm(args: argparse.Namespace) -> int:
     """Remove segments by shmid (like ipcrm -m) or by key (like ipcrm -M)."""
     if args.key is not None:
-        removed = [remove_segment(args.key, by_key=True)]
+        key, text = args.key
+        removed = [remove_segment(key, by_key=True, text=text)]
     else:
-        removed = [remove_segment(shmid, by_key=False) for shmid in args.shmids]
+        removed = [remove_segment(shmid, by_key=False, text=str(shmid)) for shmid in args.shmids]
     return ExitCode.OK if all(removed) else ExitCode.FAILURE
 
 
@@ -1487,12 +1613,12 @@ def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     ls = commands.add_parser("ls", help="list every segment, like ipcs -m")
     ls.set_defaults(run=command_ls, verbose=0, quiet=0)
     show = commands.add_parser("stat", help="show one segment, like ipcs -m -i SHMID")
-    show.add_argument("shmid", type=int_argument)
+    show.add_argument("shmid", type=stat_shmid_argument)
     show.set_defaults(run=command_stat, verbose=0, quiet=0)
     rm = commands.add_parser("rm", help="remove segments, like ipcrm -m SHMID or -M KEY")
     target = rm.add_mutually_exclusive_group(required=True)
-    target.add_argument("shmids", type=int_argument, nargs="*", default=[], metavar="SHMID")
-    target.add_argument("--key", type=int_argument, help="remove the segment at this key")
+    target.add_argument("shmids", type=rm_shmid_argument, nargs="*", default=[], metavar="SHMID")
+    target.add_argument("--key", type=key_argument, help="remove the segment at this key")
     rm.set_defaults(run=command_rm, verbose=0, quiet=0)
     clean = commands.add_parser("clean", help="remove what a crashed processa left at our key")
     add_key_options(clean)

@@ -24,7 +24,7 @@ PYTHON=${PYTHON:-python3}
 # one that nobody can read, which a virtual environment in a home may not be.
 PYTHON_NOBODY=${PYTHON_NOBODY:-/usr/bin/python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/test_shm.XXXXXX")
-fifo_dir=/tmp/shmm-$(id -u)
+fifo_dir=${SHMM_FIFO_DIR:-/tmp/shmm-$(id -u)}
 deadline=30          # seconds any awaited event may take on a busy machine
 passed=0 failed=0 skipped=0 number=0
 proj=0 key=""        # this test's project id and key (see next_key)
@@ -370,18 +370,22 @@ test_sigint_to_processa_with_processb_attached_leaves_nothing() {
     must "no FIFOs" no_fifos
 }
 
-# at_terminal HOW: run processb with a terminal (a pty) on stdin and stderr
-# but a file on stdout (closed if a second argument is given); type two lines,
-# the second longer than a terminal's own 4095-byte limit, then end with HOW:
-# eof (Ctrl-D) or sigint.
+# at_terminal HOW [PATH [STDOUT]]: run processb with a terminal (a pty) on
+# stdin and stderr but a file on stdout; type two lines, the second longer
+# than a terminal's own 4095-byte limit, then end with HOW: eof (Ctrl-D) or
+# sigint. PATH, if not empty, is processb's PYTHONPATH; STDOUT "closed"
+# starts processb with stdout closed.
 at_terminal() {
     py 'import os, pty, select, signal, subprocess, sys, time
-here, work, proj, how, stdout_closed = sys.argv[1:6]
+here, work, proj, how = sys.argv[1:5]
+path = {"PYTHONPATH": sys.argv[5]} if len(sys.argv) > 5 and sys.argv[5] else {}
+stdout_closed = len(sys.argv) > 6 and sys.argv[6] == "closed"
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # for processb: bash ignores it in background jobs
 master, terminal = pty.openpty()
 with open(f"{work}/b.out", "wb") as stdout:
     b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work,
                           "--proj-id", proj], stdin=terminal, stdout=stdout, stderr=terminal,
-                         env={**os.environ, "TERM": "dumb"},
+                         env={**os.environ, "TERM": "dumb", **path},
                          preexec_fn=(lambda: os.close(1)) if stdout_closed else None)
 seen = b""
 def until_prompt(count):
@@ -401,11 +405,20 @@ assert until_prompt(3), seen
 if how == "eof":
     os.write(master, b"\x04")
 else:
+    # Only once processb sleeps in select(2): a signal that comes while
+    # Python'"'"'s readline is still on its way there is noted but wakes nothing.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{b.pid}/wchan") as wchan:
+            if "poll" in wchan.read():  # do_select and do_poll sleep in poll_schedule_timeout
+                break
+        time.sleep(0.01)
     b.send_signal(signal.SIGINT)
 try:
-    sys.exit(b.wait(timeout=30))
+    status = b.wait(timeout=30)
+    sys.exit(128 - status if status < 0 else status)  # killed by signal N: -N
 finally:
-    b.kill()' "$here" "$work" "$proj" "$1" "${2:-}"
+    b.kill()' "$here" "$work" "$proj" "$@"
 }
 
 test_terminal_prompt_on_stderr_and_readline_lines_longer_than_4095() {
@@ -926,7 +939,7 @@ test_processb_with_stdin_closed_is_refused_and_processa_waits_on() {
 test_processb_at_a_terminal_with_stdout_closed_still_sends() {
     next_key
     start_reader a || return 1
-    at_terminal eof stdout-closed
+    at_terminal eof "" closed
     must "processb to end with 0 at Ctrl-D" [ $? == 0 ] || return 1
     finish a 0 || return 1
     must "the typed line to arrive" grep -q "hello from a terminal" "$work/a.out"
@@ -1373,6 +1386,344 @@ test_our_processb_talks_to_the_tutorial_cpp_reader() {
     exec {input}>&-
     finish b 0 && finish ca 0 || return 1
     must "no segment, no ./myfifo" no_segment && [ ! -e "$work/cpp/myfifo" ]
+}
+
+# --- Errors a hostile user finds ---------------------------------------------------
+
+test_a_size_the_layout_cannot_hold_is_refused_saying_the_limit() {
+    next_key
+    "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" --size $(((4 << 30) + 128)) \
+        </dev/null >"$work/big.out" 2>"$work/big.err"
+    must "exit status 2 for 4 GiB + 128 bytes" [ $? == 2 ] || return 1
+    must "one error line saying the limit" one_error big \
+        "is more than 4294967295 (4 GiB - 1): the message layout stores sizes in 32 bits" ||
+        return 1
+    "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" --size 4294967295 --wait 0 \
+        </dev/null >"$work/max.out" 2>"$work/max.err"
+    must "the limit itself accepted (exit 5: no processa), not $?" [ $? == 5 ] || return 1
+    must "nothing created" no_segment && no_fifos
+}
+
+test_wait_nan_inf_and_seed_protocol_with_raw_are_refused_and_wait_0_is_said_0() {
+    next_key
+    local bad status
+    for bad in "--wait nan" "--wait inf" "--wait -1e-9" "--seed-protocol --raw"; do
+        # A wait of nan or inf never ends: give up after $deadline s.
+        # shellcheck disable=SC2086 # each case is two words
+        timeout "$deadline" "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" $bad \
+            </dev/null >"$work/bad.out" 2>"$work/bad.err"
+        status=$?
+        must "processb.py $bad: exit status 2, not $status" [ $status == 2 ] || return 1
+        must "processb.py $bad: one error line" one_error bad "" || return 1
+    done
+    "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" --wait -0 </dev/null \
+        >"$work/b.out" 2>"$work/b.err"
+    must "--wait -0: exit status 5" [ $? == 5 ] || return 1
+    must "--wait -0: said as 0 s" one_error b "no segment at key $key after 0 s:" || return 1
+    must "nothing created" no_segment && no_fifos
+}
+
+test_processb_at_a_terminal_without_readline_reads_plain_lines() {
+    next_key
+    mkdir -p "$work/no-readline"
+    echo 'raise ImportError("this Python was built without readline")' \
+        >"$work/no-readline/readline.py"
+    start_reader a || return 1
+    at_terminal eof "$work/no-readline"
+    must "processb to end with 0 at Ctrl-D" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "the first line to arrive" grep -q -x "Message received: hello from a terminal, 你好" \
+        "$work/a.out"
+}
+
+# says_like STATUS OURS -- THEIRS...: our command (run by the caller, its
+# output OURS, its exit status STATUS) said in its last line what THEIRS
+# says, after each program's prefix; and exited 2 where THEIRS could not
+# parse a number (a bad command line, as for every program here), else 1.
+says_like() {
+    local status=$1 ours theirs expected=1
+    ours=$(tail -n 1 <<<"$2" | sed -E 's/^.*: error: argument [^:]*: //; s/^\[Error\]\[[^]]*\]::rm: //')
+    theirs=$("${@:4}" 2>&1 | sed -E 's/^(ipcrm|ipcs): //')
+    [[ $theirs == "failed to parse"* ]] && expected=2
+    must "'$ours' to be '$theirs' (${*:4})" [ "$ours" == "$theirs" ] || return 1
+    must "exit status $expected, not $status (${*:4})" [ "$status" == $expected ]
+}
+
+test_shmm_rm_and_stat_parse_ids_and_keys_as_ipcrm_and_act_on_no_other() {
+    next_key
+    local gone live value ours
+    gone=$(make_segment "") && shmids+=("$gone") && ipcrm -m "$gone"
+    live=$(make_segment "") && shmids+=("$live")
+    # Spellings of an id that no longer exists, and ones that are no id;
+    # never one that might be someone else's segment: ipcrm acts on it.
+    for value in $((live + 4294967296)) -1 -2147483649 2147483648 abc "" 1x 0x10 1_0 \
+        " $gone" "0$gone" "+$gone" "$gone "; do
+        ours=$(shmm rm "$value" 2>&1)
+        says_like $? "$ours" -- ipcrm -m "$value" || return 1
+    done
+    for value in $((live + 4294967296)) 2147483648 abc "" 1x; do
+        ours=$(shmm stat "$value" 2>&1)
+        says_like $? "$ours" -- ipcs -m -i "$value" || return 1
+    done
+    must "shmid $live untouched by rm and stat of $((live + 4294967296))" \
+        segment_exists "$live" || return 1
+    ipcrm -m "$live"
+    use_proj 0x95 || return 1 # a key with the top bit set, spelled negative too
+    for value in "$key" $((key)) "$(printf '0%o' "$key")" " $key" $((key - 4294967296)) 0x zz; do
+        ours=$(shmm rm --key "$value" 2>&1)
+        says_like $? "$ours" -- ipcrm -M "$value" || return 1
+    done
+    # ipcrm -M cuts a key to 32 bits, and would remove this one: we refuse.
+    live=$(make_segment "") && shmids+=("$live")
+    ours=$(shmm rm --key $((key + 4294967296)) 2>&1)
+    must "exit status 2 for key $((key + 4294967296)), not $?" [ $? == 2 ] || return 1
+    must "the range said" grep -q -F \
+        "failed to parse argument: '$((key + 4294967296))': Numerical result out of range" \
+        <<<"$ours" || return 1
+    must "the segment at $key untouched" segment_exists "$live" || return 1
+    ipcrm -m "$live"
+}
+
+# loop_started_again_or_ended: the shell loop of the test below has started
+# its command a second time, or has ended.
+loop_started_again_or_ended() { [[ -s $work/loop.runs ]] || ended loop; }
+
+test_ctrl_c_stops_a_shell_loop_around_either_program() {
+    local program waiting signum
+    for program in processa.py processb.py; do
+        next_key
+        waiting="waiting for processb"
+        [[ $program == processb.py ]] && waiting="waiting up to"
+        : >"$work/loop.runs"
+        # A script of its own, in a process group of its own, as a terminal
+        # has it: Ctrl-C sends SIGINT to the whole foreground group.
+        # shellcheck disable=SC2016 # expanded by that bash, from its arguments
+        start_command loop setsid env --default-signal=INT bash -c 'for i in 1 2 3; do
+            "$0" "$1" --path "$2" --proj-id "$3" </dev/null 2>"$4.$i.err"
+            echo "run $i ended with $?" >>"$4.runs"
+        done' "$PYTHON" "$here/$program" "$work" "$proj" "$work/loop"
+        must "$program to wait" wait_for logged loop.1 "$waiting" 2>/dev/null || return 1
+        kill -INT -- -"${pid[loop]}"
+        must "$program to stop the loop, or the loop to go on" \
+            wait_for loop_started_again_or_ended || return 1
+        must "the loop to stop at once, not: $(cat "$work/loop.runs")" \
+            [ ! -s "$work/loop.runs" ] || return 1
+        finish loop 130 || return 1
+        must "$program to say so" logged loop.1 "stopped by SIGINT" || return 1
+        must "nothing left" no_segment && no_fifos || return 1
+    done
+    # Death by signal looks the same in $? as before: 128 + N.
+    for signum in 1 15; do
+        start_command alone env PYTHONPATH="$here" "$PYTHON" -c 'import os, shmm, sys
+def stop():
+    os.kill(os.getpid(), int(sys.argv[1]))
+    return 0
+shmm.run("test", stop)' "$signum"
+        finish alone $((128 + signum)) || return 1
+    done
+}
+
+# in_private_mounts COMMAND...: run COMMAND in a mount namespace of its own
+# (as root, or as a normal user mapped to root in a user namespace), where
+# what it mounts is seen by nobody else and goes when it ends.
+in_private_mounts() {
+    if [[ $(id -u) == 0 ]]; then unshare -m "$@"; else unshare -r -m "$@"; fi
+}
+
+# why_no_private_mounts: print why this run cannot mount a tmpfs of its own.
+why_no_private_mounts() {
+    mkdir -p "$work/probe"
+    if ! command -v unshare >/dev/null; then
+        echo "no unshare(1)"
+    elif ! in_private_mounts mount -t tmpfs none "$work/probe" 2>/dev/null; then
+        echo "unshare -m (or -r -m) and mount -t tmpfs are not allowed here"
+    fi
+}
+
+# file_with_key_minus_1: in a private mount namespace, mount tmpfs after
+# tmpfs until one's device number ends in 0xff (each takes the next free
+# minor), make files in it until one's inode ends in 0xffff (tmpfs counts
+# inodes up from 1), and run `shmm.py key` and processb on that file with
+# project id 0xff: ftok gives 0xff << 24 | 0xff << 16 | 0xffff, which is -1.
+file_with_key_minus_1() {
+    # shellcheck disable=SC2016 # expanded by that bash, from its arguments
+    in_private_mounts bash -c 'work=$1 here=$2 python=$3
+    for i in $(seq 300); do
+        mkdir -p "$work/mnt/$i"
+        mount -t tmpfs -o size=64m none "$work/mnt/$i" || exit 1
+        ((($(stat -c %d "$work/mnt/$i") & 0xff) == 0xff)) && break
+    done
+    file=$("$python" -c "import os, sys
+for n in range(1 << 17):
+    path = f\"{sys.argv[1]}/{n}\"
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY))
+    if os.stat(path).st_ino & 0xFFFF == 0xFFFF:
+        sys.exit(print(path))
+    os.unlink(path)
+sys.exit(1)" "$work/mnt/$i") || exit 1
+    echo "st_dev $(stat -c %d "$file"), st_ino $(stat -c %i "$file")" >"$work/minus1.file"
+    "$python" "$here/shmm.py" key --path "$file" --proj-id 0xff -q >"$work/minus1.key" \
+        2>"$work/minus1.err"
+    "$python" "$here/processb.py" --path "$file" --proj-id 0xff --wait 0 </dev/null \
+        >/dev/null 2>"$work/b.err"
+    echo $? >"$work/minus1.status"' bash "$work" "$here" "$PYTHON"
+}
+
+test_ftok_key_0xffffffff_is_a_key_not_an_error() {
+    skip_reason=$(why_no_private_mounts)
+    [[ -z $skip_reason ]] || return 0
+    if [[ -n $(shmid_of 0xffffffff) ]]; then
+        skip "a segment exists at key 0xffffffff: processb would find it"
+        return 0
+    fi
+    must "a file whose st_dev ends in 0xff and st_ino in 0xffff" file_with_key_minus_1 ||
+        return 1
+    local made
+    made="$(cat "$work/minus1.file"), not: $(cat "$work/minus1.key" "$work/minus1.err")"
+    must "shmm.py key to print 0xffffffff for $made" \
+        [ "$(cat "$work/minus1.key")" == 0xffffffff ] || return 1
+    must "processb to look for key 0xffffffff (exit 5), not $(cat "$work/minus1.status")" \
+        [ "$(cat "$work/minus1.status")" == 5 ] || return 1
+    must "one error line" one_error b "no segment at key 0xffffffff after 0 s"
+}
+
+test_another_users_segment_is_refused_with_advice_that_works() {
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    start_reader a || return 1
+    as_nobody /usr/bin/python3 "$here/processb.py" --path "$work" --proj-id "$proj" --wait 5 \
+        </dev/null >"$work/n.out" 2>"$work/n.err"
+    must "exit status 4 for nobody" [ $? == 4 ] || return 1
+    must "one error line saying whose it is and who can use it" one_error n \
+        "was made by uid $(id -u), and its mode 0600 does not let uid $(id -u nobody) read it; run processb as uid $(id -u), the user who runs processa" ||
+        return 1
+    if grep -q -- --mode "$work/n.err"; then
+        diag "expected: no advice to use --mode, which cannot let another user in"
+        return 1
+    fi
+    message_gets_through a "as the user who runs processa" # the advice, followed
+}
+
+# nobody_runs NAME PROGRAM ARGS...: start PROGRAM as nobody, with this test's key.
+nobody_runs() {
+    start_command "$1" env --default-signal=INT setpriv --reuid=nobody \
+        --regid="$(id -g nobody)" --clear-groups /usr/bin/python3 "$here/$2" --path "$work" \
+        --proj-id "$proj" "${@:3}"
+}
+
+test_a_mode_0_segment_of_ones_own_is_named_so_and_removing_it_clears_the_way() {
+    local id made_dir=""
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    # The tutorial's b.cc, started first, makes the segment with mode 0.
+    as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]
+import shmm
+shmm.Segment.create(int(sys.argv[2], 0), 4096, 0)' "$here" "$key" || return 1
+    id=$(shmid_of "$key") && shmids+=("$id")
+    nobody_runs b processb.py --wait 5 </dev/null
+    finish b 4 || return 1
+    must "processb to say it is ours, with mode 0" one_error b \
+        "shmid $id is yours, but its mode 0000 lets not even you read it" || return 1
+    nobody_runs a processa.py </dev/null
+    finish a 3 || return 1
+    must "processa to say so too, and how to remove it" one_error a \
+        "key $key: shmid $id is yours, but its mode 0000 lets not even you read it" || return 1
+    must "and how to remove it" one_error a "remove it with \`ipcrm -m $id\`" || return 1
+    # The advice, followed: nobody removes it, and processa starts.
+    must "nobody to remove it with ipcrm -m $id" as_nobody ipcrm -m "$id" || return 1
+    [[ -e /tmp/shmm-$(id -u nobody) ]] || made_dir=/tmp/shmm-$(id -u nobody)
+    nobody_runs a processa.py </dev/null
+    must "processa to listen" wait_for logged a "waiting for processb" || return 1
+    echo "after ipcrm" >"$work/sender.in"
+    nobody_runs sender processb.py <"$work/sender.in"
+    finish sender 0 && finish a 0 || return 1
+    [[ -z $made_dir ]] || rmdir "$made_dir"
+    must "the line to arrive" grep -q -x "Message received: after ipcrm" "$work/a.out"
+}
+
+# status_of NAME: wait for NAME, which has ended, and print its exit status.
+status_of() {
+    { wait "${pid[$1]}"; } 2>/dev/null
+    echo $?
+    unset "pid[$1]"
+}
+
+test_the_loser_of_two_racing_processb_is_told_busy_not_absent() {
+    local round w status winners
+    printf 'one line\n' >"$work/short.in"
+    for round in 1 2 3 4 5 6 7 8; do
+        next_key
+        start_reader a || return 1
+        start w1 processb.py -v --wait 1 <"$work/short.in"
+        start w2 processb.py -v --wait 1 <"$work/short.in"
+        must "both writers to end" wait_for ended w1 && wait_for ended w2 || return 1
+        finish a 0 || return 1
+        winners=0
+        for w in w1 w2; do
+            status=$(status_of $w)
+            [[ $status == 0 ]] && winners=$((winners + 1)) && continue
+            # One that started after processa had gone was right to say so
+            # (5); one that met processa between its two open(2) calls
+            # (ENXIO), and gave up on it, was not.
+            if grep -q ENXIO "$work/$w.err"; then
+                must "round $round: $w, which met processa, to be refused as busy (6), not $status" \
+                    [ "$status" == 6 ] || return 1
+            fi
+        done
+        must "round $round: one winner, not $winners" [ $winners == 1 ] || return 1
+    done
+}
+
+test_a_fifo_directory_held_hostage_is_escaped_with_shmm_fifo_dir() {
+    local hostage status
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    hostage=/tmp/shmm-$(id -u nobody)
+    if [[ -e $hostage || -L $hostage ]]; then
+        skip "$hostage exists already: it is not ours to replace"
+        return 0
+    fi
+    next_key
+    mkdir -m 0700 "$hostage" # root plants it first: nobody can neither use nor remove it
+    escape_with_shmm_fifo_dir "$hostage"
+    status=$?
+    rmdir "$hostage"
+    return $status
+}
+
+# escape_with_shmm_fifo_dir HOSTAGE: nobody's processa is refused HOSTAGE,
+# and, following the advice, works with SHMM_FIFO_DIR.
+escape_with_shmm_fifo_dir() {
+    as_nobody /usr/bin/python3 "$here/processa.py" --path "$work" --proj-id "$proj" </dev/null \
+        >"$work/n.out" 2>"$work/n.err"
+    must "exit status 1, not $?" [ $? == 1 ] || return 1
+    must "one error line naming the way out" one_error n \
+        "Name a directory of your own with SHMM_FIFO_DIR=DIR, for processa and processb alike" ||
+        return 1
+    if as_nobody rmdir "$1" 2>/dev/null; then
+        diag "expected: nobody unable to remove $1, as the message says"
+        return 1
+    fi
+    # The way out: a directory of nobody's own, which processa makes.
+    mkdir -m 0755 "$work/nobody" && chown nobody "$work/nobody" && chmod o+x "$work"
+    SHMM_FIFO_DIR=$work/nobody/fifos nobody_runs a processa.py </dev/null
+    must "processa to listen in SHMM_FIFO_DIR" wait_for logged a \
+        "waiting for processb on $work/nobody/fifos/$key.notify" || return 1
+    echo "through SHMM_FIFO_DIR" >"$work/sender.in"
+    SHMM_FIFO_DIR=$work/nobody/fifos nobody_runs sender processb.py <"$work/sender.in"
+    finish sender 0 || return 1
+    finish a 0 || return 1
+    must "the line to arrive" grep -q -x "Message received: through SHMM_FIFO_DIR" "$work/a.out" ||
+        return 1
+    # The directory named must pass the same checks: a symlink is refused.
+    ln -s "$work/nobody/fifos" "$work/nobody/link"
+    SHMM_FIFO_DIR=$work/nobody/link as_nobody /usr/bin/python3 "$here/processa.py" \
+        --path "$work" --proj-id "$proj" </dev/null >"$work/n.out" 2>"$work/n.err"
+    must "exit status 1 for a symlink" [ $? == 1 ] || return 1
+    must "one error line" one_error n "$work/nobody/link must be a directory of uid" || return 1
+    must "no segment left" no_segment
 }
 
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
