@@ -1028,20 +1028,34 @@ test_a_second_processa_never_takes_the_fifos_of_a_live_one() {
     must "the first one to remove its own FIFOs" no_fifos
 }
 
-test_fifos_removed_by_hand_mid_conversation_are_a_warning_not_a_failure() {
-    next_key
-    start_reader a || return 1
-    open_input b
-    start b processb.py <"$work/b.in"
-    echo "before" >&"$input"
-    must "the first line" wait_for grep -q -x "Message received: before" "$work/a.out" || return 1
-    rm "$fifo_dir/$key.notify" "$fifo_dir/$key.ack"
-    echo "after" >&"$input"
-    exec {input}>&-
-    finish b 0 && finish a 0 || return 1
-    must "both lines" grep -q -x "Message received: after" "$work/a.out" || return 1
-    must "a warning, not an error" logged a "^\[Warning\].*removed while we ran" || return 1
-    must "no segment" no_segment
+test_fifos_or_their_directory_removed_mid_conversation_are_a_warning_not_a_failure() {
+    local what
+    for what in FIFOs directory; do
+        next_key
+        # A directory of this test's own (SHMM_FIFO_DIR), so that removing it
+        # disturbs no other run.
+        mkdir -m 0700 "$work/fifos"
+        SHMM_FIFO_DIR=$work/fifos start_reader a || return 1
+        open_input b
+        SHMM_FIFO_DIR=$work/fifos start b processb.py <"$work/b.in"
+        echo "before" >&"$input"
+        must "the first line" wait_for grep -q -x "Message received: before" "$work/a.out" ||
+            return 1
+        if [[ $what == FIFOs ]]; then
+            rm "$work/fifos/$key.notify" "$work/fifos/$key.ack"
+        else
+            rm -r "$work/fifos"
+        fi
+        echo "after" >&"$input"
+        exec {input}>&-
+        finish b 0 && finish a 0 || return 1
+        must "both lines ($what removed)" grep -q -x "Message received: after" "$work/a.out" ||
+            return 1
+        must "a warning, not an error ($what removed)" logged a \
+            "^\[Warning\].*removed while we ran" || return 1
+        must "no segment" no_segment || return 1
+        rm -rf "$work/fifos"
+    done
 }
 
 test_a_leftover_is_removed_only_if_still_a_leftover() {
