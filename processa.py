@@ -203,16 +203,9 @@ def serve(args: argparse.Namespace, closed: list[str]) -> int:
 
 def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
                    args: argparse.Namespace) -> None:
-    """Lay out the slots, listen on the FIFOs, print what arrives until processb ends."""
+    """Lay out the slots, wait for processb, print what arrives until it ends."""
     slot_size = shmm.write_header(memory, args.slots, shmm.BYTES if args.raw else shmm.LINES)
-    notify_path, ack_path = shmm.fifo_paths(key)
-    with shmm.signals_deferred():
-        notify_fd = shmm.listen(cleanup, key, args.slots)
-    log.info("waiting for processb on %s", notify_path)
-    ack_fd = opened(cleanup, ack_path, os.O_WRONLY)  # waits until processb opens it
-    shmm.fit_tokens(ack_fd, args.slots)
-    wait_for_sender(notify_fd, notify_path, memory)
-
+    notify_fd, ack_fd = shmm.accept_writer(cleanup, key, args.slots, memory)
     printer = BytePrinter() if args.raw else LinePrinter()
     reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
     ended = reader.receive(printer, printer.write)
@@ -224,25 +217,6 @@ def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
     if printer.parts:
         raise shmm.CorruptFrame(f"{writer} ended its stream in the middle of a line")
     log.info("%s closed the channel after %s", writer, printer.describe())
-
-
-def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> None:
-    """Wait until a processb has claimed the channel or sent a frame."""
-    # A processb that was refused (another one writes, the modes differ)
-    # opens and closes notify without a word; so does another processa that
-    # checks whether we listen. Neither is our writer: wait for the next one.
-    # The FIFO keeps reporting the hang-up until a new writer comes, so we
-    # open it afresh onto the same fd number.
-    waiter = select.poll()
-    waiter.register(notify_fd, select.POLLIN)
-    while True:
-        [(_, events)] = waiter.poll()
-        if events & select.POLLIN or shmm.read_header(memory).writer_pid:
-            return
-        log.info("a writer opened %s and closed it without sending; still waiting", notify_path)
-        fresh = os.open(notify_path, os.O_RDONLY | os.O_NONBLOCK)
-        os.dup2(fresh, notify_fd)
-        os.close(fresh)
 
 
 def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview,

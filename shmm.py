@@ -753,7 +753,7 @@ def has_reader(path: str) -> bool:
 
 
 def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
-    """Make the notify and ack FIFOs for key and open notify for reading (steps
+    """Make the notify and ack FIFOs for key and open notify for reading (step
     1 of the handshake); return its fd. The cleanup unlinks both FIFOs, if they
     are still ours, and then closes the fd."""
     directory = fifo_directory()
@@ -774,6 +774,42 @@ def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
         cleanup.callback(unlink_if_ours, path, identity)
     fit_tokens(notify_fd, slots)
     return notify_fd
+
+
+def accept_writer(cleanup: contextlib.ExitStack, key: int, slots: int,
+                  memory: memoryview) -> tuple[int, int]:
+    """The reader's side of the handshake: listen (step 1), wait for a writer
+    to open ack (step 2) and then to claim the channel or send a frame; return
+    (notify_fd, ack_fd). The cleanup closes ack, unlinks both FIFOs if they
+    are still ours, and closes notify, in that order."""
+    with signals_deferred():  # the FIFOs exist only once their removal is registered
+        notify_fd = listen(cleanup, key, slots)
+    notify_path, ack_path = fifo_paths(key)
+    log.info("waiting for processb on %s", notify_path)
+    ack_fd = os.open(ack_path, os.O_WRONLY)
+    cleanup.callback(os.close, ack_fd)
+    fit_tokens(ack_fd, slots)
+    wait_for_sender(notify_fd, notify_path, memory)
+    return notify_fd, ack_fd
+
+
+def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> None:
+    """Wait until a writer has claimed the channel or sent a frame."""
+    # A processb that was refused (another one writes, the modes differ)
+    # opens and closes notify without a word; so does another processa that
+    # checks whether we listen. Neither is our writer: wait for the next one.
+    # The FIFO keeps reporting the hang-up until a new writer comes, so we
+    # open it afresh onto the same fd number.
+    waiter = select.poll()
+    waiter.register(notify_fd, select.POLLIN)
+    while True:
+        [(_, events)] = waiter.poll()
+        if events & select.POLLIN or read_header(memory).writer_pid:
+            return
+        log.info("a writer opened %s and closed it without sending; still waiting", notify_path)
+        fresh = os.open(notify_path, os.O_RDONLY | os.O_NONBLOCK)
+        os.dup2(fresh, notify_fd)
+        os.close(fresh)
 
 
 def make_fifo(path: str, mode: int) -> tuple[int, int]:
