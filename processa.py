@@ -53,23 +53,52 @@ from comm import ExitCode
 log = logging.getLogger("processa")
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    """Read the command line; --help prints this module's docstring."""
-    parser = argparse.ArgumentParser(prog="processa.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    shmm.add_channel_options(parser)
-    parser.add_argument("--slots", type=shmm.int_argument, default=comm.SLOTS, metavar="N",
-                        help="message slots in the segment (default: %(default)s, lock-step)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.slots <= shmm.MAX_SLOTS:
-        parser.error(f"--slots {args.slots}: choose 1 to {shmm.MAX_SLOTS}, so that the tokens"
-                     " of a full ring fit in a FIFO (64 KiB)")
-    if args.seed_protocol and (args.raw or args.slots != 1):
-        parser.error("--seed-protocol sends lines through one string: no --raw, no --slots")
-    if args.size < shmm.segment_size(args.slots):
-        parser.error(f"--size {args.size} is too small for {args.slots} slot(s): the headers"
-                     f" need at least {shmm.segment_size(args.slots)} bytes")
-    return args
+# --- 1. The story ------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace, closed: list[str]) -> int:
+    """The whole story: make the key, create and attach the segment, serve
+    processb, clean up. Each step is a function below, or in shmm.py."""
+    if "stdout" in closed:
+        raise shmm.Refused(ExitCode.FAILURE, "stdout is closed (>&-): there is nowhere to print"
+                           " the messages; give processa an open stdout, such as > messages.txt")
+    key = shmm.key_from_arguments(args)  # ftok(3)
+    log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, shmm.show_key(key))
+    # The cleanup undoes each step, in reverse, on every way out: the end,
+    # an error, a signal. Signals are held while the segment is made and
+    # attached, so that it is registered for removal before Ctrl-C can stop us.
+    with shmm.Cleanup() as cleanup:
+        with shmm.signals_deferred():
+            segment = cleanup.enter_context(shmm.create_segment(key, args.size, args.mode))
+            memory = segment.attach()
+        log.info("shmget created shmid %d: %d bytes, mode %04o", segment.shmid, args.size,
+                 args.mode)
+        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+        log_status(segment)
+        serve_protocol = serve_tutorial_protocol if args.seed_protocol else serve_messages
+        serve_protocol(cleanup, key, memory, args)
+    return ExitCode.OK
+
+
+def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
+                   args: argparse.Namespace) -> None:
+    """Lay out the slots, wait for processb, print what arrives until it ends."""
+    slot_size = shmm.write_header(memory, args.slots, shmm.BYTES if args.raw else shmm.LINES)
+    notify_fd, ack_fd = shmm.accept_writer(cleanup, key, args.slots, memory)  # the FIFOs
+    printer = BytePrinter() if args.raw else LinePrinter()
+    reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
+    ended = reader.receive(printer, printer.write)  # until the END frame, or end of file
+    writer = f"processb (pid {shmm.read_header(memory).writer_pid})"
+    if not ended:
+        unprinted = "; the part of a line received was not printed" if printer.parts else ""
+        raise shmm.PeerGone(f"{writer} went away before the end of its stream, after"
+                            f" {printer.describe()}: the output may be incomplete{unprinted}")
+    if printer.parts:
+        raise shmm.CorruptFrame(f"{writer} ended its stream in the middle of a line")
+    log.info("%s closed the channel after %s", writer, printer.describe())
+
+
+# --- 2. Printing what arrives ------------------------------------------------------
 
 
 PREFIX = b"Message received: "
@@ -172,51 +201,7 @@ def log_status(segment: shmm.Segment) -> None:
              status.shm_nattch, shmm.show_key(status.shm_perm.key), status.shm_perm.mode & 0o777)
 
 
-def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:
-    """Open path, and close it when the cleanup unwinds."""
-    fd = os.open(path, flags)
-    cleanup.callback(os.close, fd)
-    return fd
-
-
-def serve(args: argparse.Namespace, closed: list[str]) -> int:
-    """Create and attach the segment, serve processb, clean up."""
-    if "stdout" in closed:
-        raise shmm.Refused(ExitCode.FAILURE, "stdout is closed (>&-): there is nowhere to print"
-                           " the messages; give processa an open stdout, such as > messages.txt")
-    key = shmm.key_from_arguments(args)
-    log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, shmm.show_key(key))
-    with shmm.Cleanup() as cleanup:
-        # Create and attach with signals held, so that the segment is
-        # registered for removal before a Ctrl-C can stop us.
-        with shmm.signals_deferred():
-            segment = cleanup.enter_context(shmm.create_segment(key, args.size, args.mode))
-            memory = segment.attach()
-        log.info("shmget created shmid %d: %d bytes, mode %04o", segment.shmid, args.size,
-                 args.mode)
-        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
-        log_status(segment)
-        serve_protocol = serve_tutorial_protocol if args.seed_protocol else serve_messages
-        serve_protocol(cleanup, key, memory, args)
-    return ExitCode.OK
-
-
-def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
-                   args: argparse.Namespace) -> None:
-    """Lay out the slots, wait for processb, print what arrives until it ends."""
-    slot_size = shmm.write_header(memory, args.slots, shmm.BYTES if args.raw else shmm.LINES)
-    notify_fd, ack_fd = shmm.accept_writer(cleanup, key, args.slots, memory)
-    printer = BytePrinter() if args.raw else LinePrinter()
-    reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
-    ended = reader.receive(printer, printer.write)
-    writer = f"processb (pid {shmm.read_header(memory).writer_pid})"
-    if not ended:
-        unprinted = "; the part of a line received was not printed" if printer.parts else ""
-        raise shmm.PeerGone(f"{writer} went away before the end of its stream, after"
-                            f" {printer.describe()}: the output may be incomplete{unprinted}")
-    if printer.parts:
-        raise shmm.CorruptFrame(f"{writer} ended its stream in the middle of a line")
-    log.info("%s closed the channel after %s", writer, printer.describe())
+# --- 3. The tutorial's protocol (--seed-protocol) ------------------------------------
 
 
 def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview,
@@ -236,6 +221,35 @@ def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview
         write_all([PREFIX + shmm.read_c_string(memory)])  # the string keeps its newline
         messages += 1
     log.info("the writer closed ./%s after %d messages", comm.SEED_FIFO, messages)
+
+
+def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:
+    """Open path, and close it when the cleanup unwinds."""
+    fd = os.open(path, flags)
+    cleanup.callback(os.close, fd)
+    return fd
+
+
+# --- 4. The command line ----------------------------------------------------------
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line; --help prints this module's docstring."""
+    parser = argparse.ArgumentParser(prog="processa.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    shmm.add_channel_options(parser)
+    parser.add_argument("--slots", type=shmm.int_argument, default=comm.SLOTS, metavar="N",
+                        help="message slots in the segment (default: %(default)s, lock-step)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.slots <= shmm.MAX_SLOTS:
+        parser.error(f"--slots {args.slots}: choose 1 to {shmm.MAX_SLOTS}, so that the tokens"
+                     " of a full ring fit in a FIFO (64 KiB)")
+    if args.seed_protocol and (args.raw or args.slots != 1):
+        parser.error("--seed-protocol sends lines through one string: no --raw, no --slots")
+    if args.size < shmm.segment_size(args.slots):
+        parser.error(f"--size {args.size} is too small for {args.slots} slot(s): the headers"
+                     f" need at least {shmm.segment_size(args.slots)} bytes")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

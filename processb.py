@@ -64,33 +64,41 @@ POKE_INTERVAL = 0.02  # seconds between pokes of the main thread, once it should
 T = TypeVar("T")
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    """Read the command line; --help prints this module's docstring."""
-    parser = argparse.ArgumentParser(prog="processb.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    shmm.add_channel_options(parser)
-    parser.add_argument("--wait", type=wait_argument, default=30.0, metavar="SECONDS",
-                        help="how long to wait for processa to start (default: %(default)s)")
-    args = parser.parse_args(argv)
-    if args.seed_protocol and args.raw:
-        parser.error("--seed-protocol sends lines through one string: no --raw")
-    return args
+# --- 1. The story ---------------------------------------------------------------------
 
 
-def wait_argument(text: str) -> float:
-    """Parse --wait: a finite number of seconds, 0 or more."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
-    # float() also takes "nan" and "inf": nan compares false with everything,
-    # so a deadline of nan is never reached, and inf is not a limit either.
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
-    return seconds + 0.0  # -0 becomes 0, which is how it is said
+def send(args: argparse.Namespace, closed: list[str]) -> int:
+    """The whole story: make the key, find processa, attach its segment, send
+    stdin, detach. Each step is a function below, or in shmm.py."""
+    if "stdin" in closed:
+        raise Refused(ExitCode.FAILURE, "stdin is closed (<&-): there is nothing to send; give"
+                      " processb a terminal, a pipe or a file, such as < lines.txt")
+    key = shmm.key_from_arguments(args)
+    log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, show_key(key))
+    if args.seed_protocol:
+        return send_tutorial_protocol(key, args)
+    notify_fd, ack_fd = wait_for_processa(key, args, lambda: shmm.connect_writer(key),
+                                          shmm.fifo_paths(key)[0])  # the FIFOs
+    # The cleanup undoes each step, in reverse, on every way out; processb
+    # only detaches: removing the segment is its creator's job.
+    with shmm.Cleanup() as cleanup:
+        cleanup.callback(os.close, notify_fd)
+        cleanup.callback(os.close, ack_fd)
+        with shmm.signals_deferred():
+            segment = cleanup.enter_context(find_segment(key, args))
+            memory = segment.attach()
+        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+        check_stream(memory, key, args.raw)      # lines or bytes, as processa expects
+        take_writer_lock(notify_fd, memory, key)  # one writer at a time
+        layout = shmm.read_header(memory)
+        writer = shmm.Writer(memory, layout.slots, layout.slot_size, notify_fd, ack_fd)
+        with stop_when_processa_leaves(ack_fd):
+            sent = send_input(writer, args.raw)   # until end of input, then the END frame
+        log.info("sent %s; processa has taken them all", sent)
+    return ExitCode.OK
 
 
-# --- 1. Find processa ------------------------------------------------------------
+# --- 2. Find processa -----------------------------------------------------------------
 #
 # processb may start first. It then waits, but on the FIFOs rather than on
 # the segment alone: a segment at our key may be one that a crashed processa
@@ -169,7 +177,7 @@ def why_not_listening(key: int, waited: float, fifo_path: str) -> str:
             " removes what it left")
 
 
-# --- 2. One writer at a time --------------------------------------------------------
+# --- 3. One writer at a time, of the kind processa expects ----------------------------
 #
 # Two writers would fill the same slots and interleave their frames. The
 # writer therefore takes an exclusive flock(2) on the notify FIFO: atomic,
@@ -207,63 +215,7 @@ def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
     log.info("took the writer's lock (flock on the notify FIFO): the only writer now")
 
 
-# --- 3. Notice at once when processa goes away, or a signal comes ------------------
-#
-# Sending, we notice a vanished processa by EPIPE or end of file. But at the
-# prompt we sit in input(), and would only notice at the next line. So a
-# thread waits in poll(2) for POLLHUP on the ack FIFO (processa's end closed)
-# and then interrupts the main thread with SIGUSR1, whose handler raises.
-# (Signal handlers run only in the main thread, and only a signal aimed at
-# it, with pthread_kill(3), interrupts the system call it is blocked in.)
-#
-# The same thread makes sure that Ctrl-C, kill and a closed terminal stop
-# us at the prompt. readline waits in select(2) and runs Python's signal
-# handlers only when select fails with EINTR; a signal that comes just
-# before it enters select (the prompt drawn, select not yet called) would
-# wait for the next key. The thread learns of every signal through
-# signal.set_wakeup_fd, and pokes the main thread with SIGUSR1 until it has
-# left: each poke that finds it in select runs the waiting handlers.
-
-
-@contextlib.contextmanager
-def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
-    """Raise PeerGone in the main thread as soon as processa closes its FIFOs,
-    and let a stop signal interrupt the main thread wherever it waits."""
-    gone = threading.Event()  # processa closed its FIFOs
-    done = threading.Event()  # the main thread has left the block: stop poking it
-    signalled_r, signalled_w = os.pipe()
-    for fd in (signalled_r, signalled_w):
-        os.set_blocking(fd, False)
-
-    def on_poke(_signum: int, _frame: object) -> None:
-        if gone.is_set() and not done.is_set():
-            done.set()  # raise once
-            raise shmm.PeerGone("processa has gone away")
-
-    def watch(main_thread: int) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, shmm.STOP_SIGNALS)  # they are the main thread's
-        poller = select.poll()
-        poller.register(ack_fd, 0)  # no events asked for: POLLHUP and POLLERR still come
-        poller.register(signalled_r, select.POLLIN)
-        if any(fd == ack_fd for fd, _ in poller.poll()):
-            gone.set()
-        while not done.wait(POKE_INTERVAL):
-            signal.pthread_kill(main_thread, signal.SIGUSR1)
-
-    signal.signal(signal.SIGUSR1, on_poke)
-    previous = signal.set_wakeup_fd(signalled_w)
-    threading.Thread(target=watch, args=(threading.get_ident(),), daemon=True).start()
-    try:
-        yield
-    finally:
-        done.set()
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # our own close is not news
-        signal.set_wakeup_fd(previous)
-        os.close(signalled_r)
-        os.close(signalled_w)
-
-
-# --- 4. What to send --------------------------------------------------------------
+# --- 4. What to send ------------------------------------------------------------------
 #
 # From a pipe or a file: stdin is read straight into a free slot (readv(2)
 # into a view of the segment), and the frame is sent up to its last newline;
@@ -370,83 +322,7 @@ def read_stdin(writer: shmm.Writer, room: memoryview) -> int:
                           f"reading stdin: {shmm.describe_errno(err)}") from None
 
 
-def send_typed_lines(writer: shmm.Writer) -> int:
-    """Send each line typed at the terminal as soon as Enter is pressed."""
-    lines = 0
-    for line in terminal_lines():
-        check_line_length(len(line))
-        writer.send(line + b"\n")
-        writer.flush()
-        lines += 1
-    return lines
-
-
-def terminal_lines() -> Iterator[bytes]:
-    """Yield the lines typed at the terminal, prompting on stderr."""
-    # A Python built without readline still reads lines, only unedited.
-    with contextlib.suppress(ImportError):
-        import readline  # noqa: F401 - importing it is what gives input() line editing
-    while True:
-        try:
-            with stdout_on_stderr():
-                line = input(PROMPT)
-        except EOFError:
-            print(file=sys.stderr)  # end the prompt's line
-            return
-        except (shmm.Interrupted, shmm.PeerGone):
-            print(file=sys.stderr)  # so that what is said next starts a line
-            raise
-        yield line.encode(sys.stdin.encoding, "surrogateescape")
-
-
-@contextlib.contextmanager
-def stdout_on_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr for the length of the block."""
-    # input() edits with readline only when fd 1 is a terminal, and draws the
-    # prompt there. Lending it stderr keeps stdout free of prompts, and also
-    # lets readline lift the terminal's own limit of 4095 bytes a line.
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-# --- 5. The whole run ------------------------------------------------------------
-
-
-def send(args: argparse.Namespace, closed: list[str]) -> int:
-    """Find processa, attach, send stdin, detach."""
-    if "stdin" in closed:
-        raise Refused(ExitCode.FAILURE, "stdin is closed (<&-): there is nothing to send; give"
-                      " processb a terminal, a pipe or a file, such as < lines.txt")
-    key = shmm.key_from_arguments(args)
-    log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, show_key(key))
-    if args.seed_protocol:
-        return send_tutorial_protocol(key, args)
-    notify_fd, ack_fd = wait_for_processa(key, args, lambda: shmm.connect_writer(key),
-                                          shmm.fifo_paths(key)[0])
-
-    with shmm.Cleanup() as cleanup:
-        cleanup.callback(os.close, notify_fd)
-        cleanup.callback(os.close, ack_fd)
-        with shmm.signals_deferred():
-            segment = cleanup.enter_context(find_segment(key, args))
-            memory = segment.attach()
-        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
-        check_stream(memory, key, args.raw)
-        take_writer_lock(notify_fd, memory, key)
-        layout = shmm.read_header(memory)
-        writer = shmm.Writer(memory, layout.slots, layout.slot_size, notify_fd, ack_fd)
-        with stop_when_processa_leaves(ack_fd):
-            sent = send_input(writer, args.raw)
-        log.info("sent %s; processa has taken them all", sent)
-    return ExitCode.OK
-
-
-# --- 6. The tutorial's protocol ----------------------------------------------------
+# --- 5. The tutorial's protocol (--seed-protocol) -------------------------------------
 #
 # With --seed-protocol we speak to the tutorial's a.cc (see shmm.py): each
 # line, newline kept, goes into the segment as a C string, announced by one
@@ -492,6 +368,141 @@ def open_tutorial_fifo() -> int:
     fifo_fd = os.open(comm.SEED_FIFO, os.O_WRONLY | os.O_NONBLOCK)
     os.set_blocking(fifo_fd, True)
     return fifo_fd
+
+
+# --- Sidebar: at a terminal, and the thread that watches ------------------------------
+#
+# What follows can be skipped on a first reading: it makes processb pleasant
+# and safe at a terminal (the prompt, line editing, Ctrl-C), and is not
+# needed to understand shared memory.
+#
+# Notice at once when processa goes away, or when a signal comes.
+#
+# Sending, we notice a vanished processa by EPIPE or end of file. But at the
+# prompt we sit in input(), and would only notice at the next line. So a
+# thread waits in poll(2) for POLLHUP on the ack FIFO (processa's end closed)
+# and then interrupts the main thread with SIGUSR1, whose handler raises.
+# (Signal handlers run only in the main thread, and only a signal aimed at
+# it, with pthread_kill(3), interrupts the system call it is blocked in.)
+#
+# The same thread makes sure that Ctrl-C, kill and a closed terminal stop
+# us at the prompt. readline waits in select(2) and runs Python's signal
+# handlers only when select fails with EINTR; a signal that comes just
+# before it enters select (the prompt drawn, select not yet called) would
+# wait for the next key. The thread learns of every signal through
+# signal.set_wakeup_fd, and pokes the main thread with SIGUSR1 until it has
+# left: each poke that finds it in select runs the waiting handlers.
+
+
+@contextlib.contextmanager
+def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
+    """Raise PeerGone in the main thread as soon as processa closes its FIFOs,
+    and let a stop signal interrupt the main thread wherever it waits."""
+    gone = threading.Event()  # processa closed its FIFOs
+    done = threading.Event()  # the main thread has left the block: stop poking it
+    signalled_r, signalled_w = os.pipe()
+    for fd in (signalled_r, signalled_w):
+        os.set_blocking(fd, False)
+
+    def on_poke(_signum: int, _frame: object) -> None:
+        if gone.is_set() and not done.is_set():
+            done.set()  # raise once
+            raise shmm.PeerGone("processa has gone away")
+
+    def watch(main_thread: int) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, shmm.STOP_SIGNALS)  # they are the main thread's
+        poller = select.poll()
+        poller.register(ack_fd, 0)  # no events asked for: POLLHUP and POLLERR still come
+        poller.register(signalled_r, select.POLLIN)
+        if any(fd == ack_fd for fd, _ in poller.poll()):
+            gone.set()
+        while not done.wait(POKE_INTERVAL):
+            signal.pthread_kill(main_thread, signal.SIGUSR1)
+
+    signal.signal(signal.SIGUSR1, on_poke)
+    previous = signal.set_wakeup_fd(signalled_w)
+    threading.Thread(target=watch, args=(threading.get_ident(),), daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # our own close is not news
+        signal.set_wakeup_fd(previous)
+        os.close(signalled_r)
+        os.close(signalled_w)
+
+
+def send_typed_lines(writer: shmm.Writer) -> int:
+    """Send each line typed at the terminal as soon as Enter is pressed."""
+    lines = 0
+    for line in terminal_lines():
+        check_line_length(len(line))
+        writer.send(line + b"\n")
+        writer.flush()
+        lines += 1
+    return lines
+
+
+def terminal_lines() -> Iterator[bytes]:
+    """Yield the lines typed at the terminal, prompting on stderr."""
+    # A Python built without readline still reads lines, only unedited.
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - importing it is what gives input() line editing
+    while True:
+        try:
+            with stdout_on_stderr():
+                line = input(PROMPT)
+        except EOFError:
+            print(file=sys.stderr)  # end the prompt's line
+            return
+        except (shmm.Interrupted, shmm.PeerGone):
+            print(file=sys.stderr)  # so that what is said next starts a line
+            raise
+        yield line.encode(sys.stdin.encoding, "surrogateescape")
+
+
+@contextlib.contextmanager
+def stdout_on_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr for the length of the block."""
+    # input() edits with readline only when fd 1 is a terminal, and draws the
+    # prompt there. Lending it stderr keeps stdout free of prompts, and also
+    # lets readline lift the terminal's own limit of 4095 bytes a line.
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# --- 6. The command line --------------------------------------------------------------
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line; --help prints this module's docstring."""
+    parser = argparse.ArgumentParser(prog="processb.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    shmm.add_channel_options(parser)
+    parser.add_argument("--wait", type=wait_argument, default=30.0, metavar="SECONDS",
+                        help="how long to wait for processa to start (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.seed_protocol and args.raw:
+        parser.error("--seed-protocol sends lines through one string: no --raw")
+    return args
+
+
+def wait_argument(text: str) -> float:
+    """Parse --wait: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
+    # float() also takes "nan" and "inf": nan compares false with everything,
+    # so a deadline of nan is never reached, and inf is not a limit either.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
+    return seconds + 0.0  # -0 becomes 0, which is how it is said
 
 
 def main(argv: list[str] | None = None) -> int:
