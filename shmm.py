@@ -4,22 +4,25 @@ This file is the library behind processa.py (the reader, started first) and
 processb.py (the writer). Read it top to bottom: each section introduces one
 idea and uses nothing from the sections below it.
 
-    1. libc through ctypes         the C calls, declared once
-    2. errors the user reads       one line and an exit code, never a traceback
-    3. the key                     ftok(3)
-    4. create or find              shmget(2)
-    5. look at it                  shmctl(2) IPC_STAT, struct shmid_ds
-    6. map and unmap               shmat(2), shmdt(2)
-    7. remove                      shmctl(2) IPC_RMID
-    8. the segment as one object   Segment, a context manager
-    9. the message layout          a header, then slots of frames
-   10. a segment left behind       what a crash leaves, and when to remove it
-   11. the FIFOs                   how each side learns "a slot is full/free"
-   12. sending and receiving       Writer and Reader
-   13. the tutorial's protocol     one C string, one FIFO, no acknowledgement
-   14. signals and cleanup         Ctrl-C never leaves a segment behind
-   15. for the programs            logging and command-line options
-   16. the command line            python3 shmm.py key|ls|stat|rm|clean
+    Part I. System V shared memory
+     1. libc through ctypes         the C calls, declared once
+     2. the key                     ftok(3)
+     3. create or find              shmget(2)
+     4. look at it                  shmctl(2) IPC_STAT, struct shmid_ds
+     5. map and unmap               shmat(2), shmdt(2)
+     6. remove                      shmctl(2) IPC_RMID
+     7. the segment as one object   Segment, a context manager
+    Part II. A channel between two processes
+     8. errors the user reads       one line and an exit code, never a traceback
+     9. signals and cleanup         Ctrl-C never leaves a segment behind
+    10. the message layout          a header, then slots of frames of records
+    11. a segment left behind       what a crash leaves, and when to remove it
+    12. the FIFOs                   "a slot is full/free", and the handshake
+    13. sending and receiving       Writer and Reader
+    14. the tutorial's protocol     one C string, one FIFO, no acknowledgement
+    Part III. Plumbing
+    15. for the programs            logging, standard streams, options
+    16. the command line            python3 shmm.py key|ls|stat|rm|clean
 
 It is also a small ipcs/ipcrm built on the same calls:
 
@@ -58,7 +61,16 @@ from comm import ExitCode
 
 log = logging.getLogger("shmm")
 
-# --- 1. libc through ctypes -------------------------------------------------
+# ======================================================================================
+# Part I. System V shared memory
+#
+# Sections 1 to 7 are complete on their own: with them, Python creates a
+# segment, attaches it, looks at it as ipcs does, detaches and removes it.
+# Someone who wants only that can stop reading at the end of section 7.
+# ======================================================================================
+
+
+# --- 1. libc through ctypes -----------------------------------------------------------
 #
 # CDLL(None) is the C library the interpreter is already linked with, found
 # the way dlopen(NULL) finds it. use_errno=True makes ctypes save errno right
@@ -150,48 +162,7 @@ def show_mode(mode: int) -> str:
     return f"0{mode:o}" if mode else "0"
 
 
-# --- 2. Errors the user reads -------------------------------------------------
-#
-# A failed call raises OSError at once (above), with the call and its
-# arguments as the "filename". The programs turn it into one line on stderr;
-# where we know what went wrong, we raise Refused instead, with a sentence
-# saying what to do and the exit code for it.
-
-
-class Refused(Exception):
-    """A one-line explanation for the user and the exit code that goes with it."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class PeerGone(Refused):
-    """The process at the other end went away in mid-conversation."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ExitCode.PEER_GONE, message)
-
-
-class CorruptFrame(Refused):
-    """A frame header in the segment failed a check: never read past it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ExitCode.CORRUPT, message)
-
-
-def describe(err: OSError) -> str:
-    """Say what failed and why: 'shmget(key=0x46010004, ...): EEXIST (File exists)'."""
-    what = err.filename if err.filename is not None else "a system call"
-    return f"{what}: {describe_errno(err)}"
-
-
-def describe_errno(err: OSError) -> str:
-    """Name an error as C programmers know it: 'ENOSPC (No space left on device)'."""
-    return f"{errno.errorcode.get(err.errno or 0, f'errno {err.errno}')} ({err.strerror})"
-
-
-# --- 3. The key: ftok(3) ------------------------------------------------------
+# --- 2. The key: ftok(3) --------------------------------------------------------------
 #
 # Both processes need the same key without talking first. ftok(3) derives it
 # from a file that both can stat and a project id. glibc's formula:
@@ -200,7 +171,7 @@ def describe_errno(err: OSError) -> str:
 #
 # Limits, stated where they bite: only 8 bits of the project id, 8 of the
 # device and 16 of the inode survive, so two files can give the same key
-# (then shmget finds someone else's segment: section 10 tells them apart);
+# (then shmget finds someone else's segment: section 11 tells them apart);
 # and a file that is deleted and re-created gets a new inode, so a new key.
 #
 # ftok returns a key_t, a signed int. With a project id of 0x80 or more the top
@@ -230,7 +201,7 @@ def ftok_formula(path: str, proj_id: int) -> str:
             f" | st_ino {st.st_ino & 0xFFFF:#06x}")
 
 
-# --- 4. Create or find: shmget(2) ---------------------------------------------
+# --- 3. Create or find: shmget(2) -----------------------------------------------------
 #
 # shmget(key, size, shmflg) returns a shmid: the key is the name the kernel
 # files the segment under, the shmid is the handle every later call takes
@@ -248,7 +219,7 @@ def ftok_formula(path: str, proj_id: int) -> str:
 shmget = declare("shmget", ctypes.c_int, -1,
                  key=ctypes.c_int, size=ctypes.c_size_t, shmflg=ctypes.c_int)
 
-# --- 5. Look at it: shmctl(2) IPC_STAT ------------------------------------------
+# --- 4. Look at it: shmctl(2) IPC_STAT ------------------------------------------------
 #
 # shmctl(shmid, IPC_STAT, &buf) copies the kernel's description of a segment
 # into a struct shmid_ds; this is what ipcs prints. Layouts for 64-bit Linux
@@ -295,30 +266,7 @@ assert ctypes.sizeof(shmid_ds) == 112, "struct shmid_ds is 112 bytes on 64-bit L
 shmctl = declare("shmctl", ctypes.c_int, -1,
                  shmid=ctypes.c_int, cmd=ctypes.c_int, buf=ctypes.POINTER(shmid_ds))
 
-# IPC_STAT needs read permission, even for the owner: a segment made with
-# mode 0 (as the tutorial's b.cc, started first, made it) is closed to its
-# own user too. /proc/sysvipc/shm, which every user may read, still tells
-# whose it is: key shmid perms size cpid lpid nattch uid gid cuid cgid ...
-
-
-def why_unreadable(shmid: int, advice: str) -> str:
-    """Say why IPC_STAT of shmid was refused: another user's segment (then
-    give advice), or one of our own whose mode lets not even us read it."""
-    with open("/proc/sysvipc/shm") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    row = next((fields for fields in rows if int(fields[1]) == shmid), None)
-    if row is None:
-        return f"shmid {shmid} is gone"
-    mode, cuid = int(row[2], 8) & 0o777, int(row[9])
-    if cuid != os.getuid():
-        return (f"shmid {shmid} was made by uid {cuid}, and its mode {mode:04o} does not let"
-                f" uid {os.getuid()} read it; {advice.format(uid=cuid)}")
-    return (f"shmid {shmid} is yours, but its mode {mode:04o} lets not even you read it:"
-            " processa did not make it (the tutorial's b.cc, started first, makes one with"
-            f" mode 0); if nothing uses it, remove it with `ipcrm -m {shmid}` and start"
-            " processa again")
-
-# --- 6. Map and unmap: shmat(2), shmdt(2) -----------------------------------------
+# --- 5. Map and unmap: shmat(2), shmdt(2) ---------------------------------------------
 #
 # shmat maps the segment into our address space and returns where; shmaddr
 # NULL lets the kernel choose. From then on, reading and writing it are plain
@@ -333,7 +281,7 @@ shmat = declare("shmat", ctypes.c_void_p, ctypes.c_void_p(-1).value,
                 shmid=ctypes.c_int, shmaddr=ctypes.c_void_p, shmflg=ctypes.c_int)
 shmdt = declare("shmdt", ctypes.c_int, -1, shmaddr=ctypes.c_void_p)
 
-# --- 7. Remove: shmctl(2) IPC_RMID ----------------------------------------------
+# --- 6. Remove: shmctl(2) IPC_RMID ----------------------------------------------------
 #
 # A segment outlives the processes that use it: it stays until someone
 # removes it (or the machine reboots), which is why the tutorial's second run
@@ -344,7 +292,7 @@ shmdt = declare("shmdt", ctypes.c_int, -1, shmaddr=ctypes.c_void_p)
 # even a crash frees it, but then processb could not find it by its key.
 # Only the creator (or the owner, or root) may remove a segment.
 
-# --- 8. The segment as one object -------------------------------------------------
+# --- 7. The segment as one object -----------------------------------------------------
 
 
 class Segment(contextlib.AbstractContextManager):
@@ -414,7 +362,154 @@ class Segment(contextlib.AbstractContextManager):
         log.info("removed shmid %d (IPC_RMID)", self.shmid)
 
 
-# --- 9. The message layout ---------------------------------------------------------
+# ======================================================================================
+# Part II. A channel between two processes
+#
+# Shared memory moves bytes, and nothing else: who may write, when a message
+# is ready, when it has been read, and what a crash leaves behind are ours to
+# settle. Sections 8 to 14 settle them, for processa and processb.
+# ======================================================================================
+
+
+# --- 8. Errors the user reads ---------------------------------------------------------
+#
+# A failed call raises OSError at once (above), with the call and its
+# arguments as the "filename". The programs turn it into one line on stderr;
+# where we know what went wrong, we raise Refused instead, with a sentence
+# saying what to do and the exit code for it.
+
+
+class Refused(Exception):
+    """A one-line explanation for the user and the exit code that goes with it."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PeerGone(Refused):
+    """The process at the other end went away in mid-conversation."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.PEER_GONE, message)
+
+
+class CorruptFrame(Refused):
+    """A frame header in the segment failed a check: never read past it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.CORRUPT, message)
+
+
+def describe(err: OSError) -> str:
+    """Say what failed and why: 'shmget(key=0x46010004, ...): EEXIST (File exists)'."""
+    what = err.filename if err.filename is not None else "a system call"
+    return f"{what}: {describe_errno(err)}"
+
+
+def describe_errno(err: OSError) -> str:
+    """Name an error as C programmers know it: 'ENOSPC (No space left on device)'."""
+    return f"{errno.errorcode.get(err.errno or 0, f'errno {err.errno}')} ({err.strerror})"
+
+
+# IPC_STAT needs read permission, even for the owner: a segment made with
+# mode 0 (as the tutorial's b.cc, started first, made it) is closed to its
+# own user too. /proc/sysvipc/shm, which every user may read, still tells
+# whose it is: key shmid perms size cpid lpid nattch uid gid cuid cgid ...
+
+
+def why_unreadable(shmid: int, advice: str) -> str:
+    """Say why IPC_STAT of shmid was refused: another user's segment (then
+    give advice), or one of our own whose mode lets not even us read it."""
+    with open("/proc/sysvipc/shm") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    row = next((fields for fields in rows if int(fields[1]) == shmid), None)
+    if row is None:
+        return f"shmid {shmid} is gone"
+    mode, cuid = int(row[2], 8) & 0o777, int(row[9])
+    if cuid != os.getuid():
+        return (f"shmid {shmid} was made by uid {cuid}, and its mode {mode:04o} does not let"
+                f" uid {os.getuid()} read it; {advice.format(uid=cuid)}")
+    return (f"shmid {shmid} is yours, but its mode {mode:04o} lets not even you read it:"
+            " processa did not make it (the tutorial's b.cc, started first, makes one with"
+            f" mode 0); if nothing uses it, remove it with `ipcrm -m {shmid}` and start"
+            " processa again")
+
+
+# --- 9. Signals and cleanup -----------------------------------------------------------
+#
+# The creator must remove the segment on every way out: the end of input, an
+# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP). Each of
+# these signals raises Interrupted in the main thread, which interrupts a
+# blocking open(2), read(2) or poll(2) and unwinds through the `with` blocks
+# that own the segment and the FIFOs. Two gaps remain, and signals_deferred closes
+# them: a signal just after shmget, before the cleanup is registered, and a
+# signal during the cleanup itself. kill -9 cannot be caught: section 11
+# deals with what it leaves.
+#
+# A signal that was ignored when we started stays ignored (nohup, or a
+# background job of a non-interactive shell, which ignores SIGINT): that
+# was the caller's decision.
+#
+# Once everything is cleaned up, the program dies by the signal that stopped
+# it (die_by): the default action again, and the signal raised again. An
+# exit(130) would look the same in $?, but a shell tells the two apart: a
+# child that exits, even with 130, handled the Ctrl-C itself, so a loop
+# around it (`for i in 1 2 3; do python3 processa.py; done`) goes on to the
+# next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
+# does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived. Like KeyboardInterrupt, not an Exception, so that
+    no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def stop_on_signals() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise Interrupted, unless they are ignored."""
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold stop signals back until the block ends, so that it runs whole."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def die_by(signum: int) -> None:
+    """End this process by signal signum, as its default action does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    signal.raise_signal(signum)
+
+
+class Cleanup(contextlib.ExitStack):
+    """An ExitStack whose unwinding no signal can cut short."""
+
+    def __exit__(self, *exc_info: object) -> bool:
+        with signals_deferred():
+            return super().__exit__(*exc_info)
+
+
+# --- 10. The message layout -----------------------------------------------------------
 #
 # The tutorial's segment held one C string: no length, no way to send more
 # than 4096 bytes, no way to tell our segment from anyone else's. Ours starts
@@ -524,7 +619,7 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
     HEADER.pack_into(memory, 0, magic, slots, slot_size, writer_pid, stream)
 
 
-# --- 10. A segment left behind -------------------------------------------------------
+# --- 11. A segment left behind --------------------------------------------------------
 #
 # kill -9, a power cut or a bug can end processa before it removes its
 # segment; the next processa then meets EEXIST at its key. PostgreSQL's
@@ -638,7 +733,7 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
                   " pick another key with --proj-id")
 
 
-# --- 11. The FIFOs -----------------------------------------------------------------
+# --- 12. The FIFOs --------------------------------------------------------------------
 #
 # Shared memory has no notion of "a message is ready": the tutorial's first
 # reader printed the segment every second, repeating some messages and
@@ -877,7 +972,7 @@ def connect_writer(key: int) -> tuple[int, int]:
     return notify_fd, ack_fd
 
 
-# --- 12. Sending and receiving ---------------------------------------------------
+# --- 13. Sending and receiving --------------------------------------------------------
 #
 # Both ends walk the slots in the same order: frame n lives in slot n % slots.
 # The FIFOs count: a byte on notify is one more full slot, a byte on ack one
@@ -1125,7 +1220,7 @@ class Reader(Ring):
             log.warning("processb went away without waiting for its acknowledgements")
 
 
-# --- 13. The tutorial's protocol ---------------------------------------------------
+# --- 14. The tutorial's protocol ------------------------------------------------------
 #
 # The tutorial's last pair of programs (a.cc and b.cc) speaks a simpler
 # protocol, which --seed-protocol lets processa and processb speak too, so
@@ -1154,80 +1249,15 @@ def write_c_string(memory: memoryview, text: bytes) -> None:
     memory[len(text)] = 0
 
 
-# --- 14. Signals and cleanup ----------------------------------------------------
+# ======================================================================================
+# Part III. Plumbing
 #
-# The creator must remove the segment on every way out: the end of input, an
-# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP). Each of
-# these signals raises Interrupted in the main thread, which interrupts a
-# blocking open(2), read(2) or poll(2) and unwinds through the `with` blocks
-# that own the segment and the FIFOs. Two gaps remain, and signals_deferred closes
-# them: a signal just after shmget, before the cleanup is registered, and a
-# signal during the cleanup itself. kill -9 cannot be caught: section 10
-# deals with what it leaves.
-#
-# A signal that was ignored when we started stays ignored (nohup, or a
-# background job of a non-interactive shell, which ignores SIGINT): that
-# was the caller's decision.
-#
-# Once everything is cleaned up, the program dies by the signal that stopped
-# it (die_by): the default action again, and the signal raised again. An
-# exit(130) would look the same in $?, but a shell tells the two apart: a
-# child that exits, even with 130, handled the Ctrl-C itself, so a loop
-# around it (`for i in 1 2 3; do python3 processa.py; done`) goes on to the
-# next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
-# does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# What the programs need around the channel: logging, the standard streams,
+# command-line options, and this file's own command line, a small ipcs/ipcrm.
+# ======================================================================================
 
 
-class Interrupted(BaseException):
-    """A stop signal arrived. Like KeyboardInterrupt, not an Exception, so that
-    no `except Exception` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
-
-
-def stop_on_signals() -> None:
-    """Make SIGINT, SIGTERM and SIGHUP raise Interrupted, unless they are ignored."""
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, _interrupt)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold stop signals back until the block ends, so that it runs whole."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def die_by(signum: int) -> None:
-    """End this process by signal signum, as its default action does."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-    signal.raise_signal(signum)
-
-
-class Cleanup(contextlib.ExitStack):
-    """An ExitStack whose unwinding no signal can cut short."""
-
-    def __exit__(self, *exc_info: object) -> bool:
-        with signals_deferred():
-            return super().__exit__(*exc_info)
-
-
-# --- 15. For the programs: logging and options -------------------------------------
+# --- 15. For the programs: logging and options ----------------------------------------
 #
 # The library only logs; each program's main decides where logs go. The
 # tutorial's log.hpp printed `[Info][2024-12-14 19:49:20]::message`; we keep
@@ -1314,7 +1344,7 @@ def proj_id_argument(text: str) -> int:
     return value
 
 
-# The segment header (section 9) stores the slot size in 32 bits, so a
+# The segment header (section 10) stores the slot size in 32 bits, so a
 # larger segment could not be laid out, however much memory the kernel allows.
 LAYOUT_MAX_SIZE = 0xFFFFFFFF  # bytes: 4 GiB - 1
 
@@ -1396,7 +1426,7 @@ def key_from_arguments(args: argparse.Namespace) -> int:
                       " both processes can stat") from None
 
 
-# --- 16. The command line: a small ipcs and ipcrm -------------------------------
+# --- 16. The command line: a small ipcs and ipcrm -------------------------------------
 #
 # ipcs reads /proc/sysvipc/shm when it can. The older route, used below, asks
 # the kernel directly: shmctl(0, SHM_INFO) returns the highest index in use,
