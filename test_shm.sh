@@ -260,6 +260,15 @@ test_segment_lifecycle_seen_by_ipcs() {
     must "no FIFOs after processa ended" no_fifos
 }
 
+# send_in SLOTS [ARGS...]: a new processa with SLOTS slots prints what a
+# processb sends it from $work/in; both take ARGS (--raw, --size) and end well.
+send_in() {
+    next_key
+    start_reader a --slots "$1" "${@:2}" || return 1
+    start b processb.py "${@:2}" <"$work/in"
+    finish b 0 && finish a 0
+}
+
 test_messages_arrive_unchanged_with_1_and_16_slots() {
     local long longer slots
     long=$(head -c 12288 /dev/zero | tr '\0' 'x')    # 3 times a default slot
@@ -269,11 +278,7 @@ test_messages_arrive_unchanged_with_1_and_16_slots() {
     printf 'Message received: %s\n' "hello, shared memory" "你好，共享内存" "" "$long" "$longer" \
         "$(printf 'not UTF-8: \xff\xfe')" "no newline at the end" >"$work/expected"
     for slots in 1 16; do
-        next_key
-        start_reader a --slots "$slots" || return 1
-        start b processb.py <"$work/in"
-        finish b 0 || return 1
-        finish a 0 || return 1
+        send_in "$slots" || return 1
         must "with $slots slots, the output to equal the input, line for line" \
             cmp "$work/expected" "$work/a.out" || return 1
     done
@@ -283,11 +288,7 @@ test_1000000_piped_lines_arrive_once_in_order_with_1_and_16_slots() {
     local slots
     seq 1000000 >"$work/in"
     for slots in 1 16; do
-        next_key
-        start_reader a --slots "$slots" || return 1
-        start b processb.py <"$work/in"
-        finish b 0 || return 1
-        finish a 0 || return 1
+        send_in "$slots" || return 1
         sed 's/^Message received: //' "$work/a.out" >"$work/received"
         must "with $slots slots, the 1000000 lines, once each, in order" \
             cmp "$work/in" "$work/received" || return 1
@@ -298,11 +299,7 @@ test_raw_8_mib_of_random_bytes_keep_their_sha256_with_1_and_16_slots() {
     local slots
     head -c 8M /dev/urandom >"$work/in"
     for slots in 1 16; do
-        next_key
-        start_reader a --raw --slots "$slots" --size 1048576 || return 1
-        start b processb.py --raw --size 1048576 <"$work/in"
-        finish b 0 || return 1
-        finish a 0 || return 1
+        send_in "$slots" --raw --size 1048576 || return 1
         must "with $slots slots, the same sha256" \
             [ "$(sha256sum <"$work/in")" == "$(sha256sum <"$work/a.out")" ] || return 1
     done
@@ -321,10 +318,7 @@ test_raw_sizes_around_a_frame_keep_their_sha256_with_1_2_3_and_16_slots() {
         cap=$(capacity "$slots")
         for size in $((cap - 1)) "$cap" $((cap + 1)) $((2 * cap)); do
             head -c "$size" /dev/urandom >"$work/in"
-            next_key
-            start_reader a --raw --slots "$slots" || return 1
-            start b processb.py --raw <"$work/in"
-            finish b 0 && finish a 0 || return 1
+            send_in "$slots" --raw || return 1
             must "$size bytes with $slots slots (a frame carries $cap): the same sha256" \
                 [ "$(sha256sum <"$work/in")" == "$(sha256sum <"$work/a.out")" ] || return 1
         done
@@ -755,15 +749,22 @@ with shmm.Segment.find(int(sys.argv[2], 0)) as segment:
     finish a 143
 }
 
-test_a_planted_fifo_directory_is_refused_and_nothing_is_left() {
-    local planted status nobody_key
+# nobody_dir_free: set nobody_dir to nobody's FIFO directory, if this run can
+# act as nobody and may plant that directory; otherwise skip, saying why.
+nobody_dir_free() {
     skip_reason=$(why_not_nobody)
-    [[ -z $skip_reason ]] || return 0
-    planted=/tmp/shmm-$(id -u nobody)
-    if [[ -e $planted || -L $planted ]]; then
-        skip "$planted exists already: it is not ours to replace"
-        return 0
+    [[ -z $skip_reason ]] || return 1
+    nobody_dir=/tmp/shmm-$(id -u nobody)
+    if [[ -e $nobody_dir || -L $nobody_dir ]]; then
+        skip "$nobody_dir exists already: it is not ours to replace"
+        return 1
     fi
+}
+
+test_a_planted_fifo_directory_is_refused_and_nothing_is_left() {
+    local planted status nobody_key nobody_dir
+    nobody_dir_free || return 0
+    planted=$nobody_dir
     next_key
     nobody_key=$(shmm key --path "$here" --proj-id "$proj" -q) && keys+=("$nobody_key")
     must "no segment at $nobody_key yet" [ -z "$(shmid_of "$nobody_key")" ] || return 1
@@ -1691,14 +1692,9 @@ test_the_loser_of_two_racing_processb_is_told_busy_not_absent() {
 }
 
 test_a_fifo_directory_held_hostage_is_escaped_with_shmm_fifo_dir() {
-    local hostage status
-    skip_reason=$(why_not_nobody)
-    [[ -z $skip_reason ]] || return 0
-    hostage=/tmp/shmm-$(id -u nobody)
-    if [[ -e $hostage || -L $hostage ]]; then
-        skip "$hostage exists already: it is not ours to replace"
-        return 0
-    fi
+    local hostage status nobody_dir
+    nobody_dir_free || return 0
+    hostage=$nobody_dir
     next_key
     mkdir -m 0700 "$hostage" # root plants it first: nobody can neither use nor remove it
     escape_with_shmm_fifo_dir "$hostage"
