@@ -1006,7 +1006,6 @@ class Ring:
         self.notify_fd = notify_fd
         self.ack_fd = ack_fd
         self.seq = 0              # number of the next frame
-        self.messages = 0         # whole messages so far
 
     def slot(self, seq: int) -> int:
         """Return the offset of the slot that holds frame seq."""
@@ -1089,7 +1088,6 @@ class Writer(Ring):
         """Send the first length bytes of the reserved room as one record."""
         RECORD.pack_into(self.memory, self.start + FRAME_SIZE, length, MORE if more else 0)
         self.fill = RECORD.size + length
-        self.messages += not more
         self._publish()
 
     def flush(self) -> None:
@@ -1121,7 +1119,6 @@ class Writer(Ring):
         RECORD.pack_into(self.memory, at, size, flags)
         self.memory[at + RECORD.size:at + RECORD.size + size] = piece
         self.fill += RECORD.size + size
-        self.messages += not flags
         if self.fill >= self.capacity - RECORD.size:
             self._publish()  # no room for another record
 
@@ -1152,6 +1149,10 @@ class Writer(Ring):
 
 class Reader(Ring):
     """processa's end: take announced frames out of their slots, in order."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.messages = 0  # whole messages so far
 
     def receive(self, deliver: Callable[[memoryview, int], None],
                 handed_back: Callable[[], None] = lambda: None) -> bool:

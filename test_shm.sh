@@ -1736,6 +1736,41 @@ escape_with_shmm_fifo_dir() {
     must "no segment left" no_segment
 }
 
+test_after_kill_9_of_the_tutorial_protocol_the_advice_given_clears_the_way() {
+    next_key
+    mkdir "$work/seed" && cd "$work/seed" || return 1
+    start a processa.py --seed-protocol
+    must "processa to make ./myfifo" wait_for logged a "waiting for a writer on ./myfifo" ||
+        return 1
+    open_input b
+    start b processb.py --seed-protocol <"$work/b.in"
+    cd - >/dev/null || return 1
+    echo "a line in the tutorial's format" >&"$input"
+    must "the line to arrive" wait_for grep -q "tutorial's format" "$work/a.out" || return 1
+    local left
+    left=$(shmid_of "$key")
+    kill -KILL "${pid[a]}"
+    finish a 137 && finish b 7 || return 1
+    exec {input}>&-
+    must "its segment and ./myfifo left behind" [ -n "$left" ] && [ -p "$work/seed/myfifo" ] ||
+        return 1
+    cd "$work/seed" || return 1
+    start a2 processa.py --seed-protocol
+    cd - >/dev/null || return 1
+    finish a2 3 || return 1
+    must "one error line naming the command that removes it" one_error a2 "ipcrm -m $left" ||
+        return 1
+    ipcrm -m "$left" # the advice, followed
+    cd "$work/seed" || return 1
+    start a3 processa.py --seed-protocol
+    cd - >/dev/null || return 1
+    must "then processa to start, replacing ./myfifo" wait_for logged a3 "replacing myfifo" ||
+        return 1
+    kill -TERM "${pid[a3]}"
+    finish a3 143 || return 1
+    must "no segment, no ./myfifo" no_segment && [ ! -e "$work/seed/myfifo" ]
+}
+
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
 
 test_bench_quick_checks_every_case_and_reports_json() {
