@@ -240,12 +240,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     shmm.add_channel_options(parser)
     parser.add_argument("--slots", type=shmm.int_argument, default=comm.SLOTS, metavar="N",
                         help="message slots in the segment (default: %(default)s, lock-step)")
+    parser.set_defaults(size=None)  # the default depends on --slots: below
     args = parser.parse_args(argv)
     if not 1 <= args.slots <= shmm.MAX_SLOTS:
-        parser.error(f"--slots {args.slots}: choose 1 to {shmm.MAX_SLOTS}, so that the tokens"
-                     " of a full ring fit in a FIFO (64 KiB)")
+        parser.error(f"--slots {args.slots}: choose 1 to {shmm.MAX_SLOTS}")
     if args.seed_protocol and (args.raw or args.slots != 1):
         parser.error("--seed-protocol sends lines through one string: no --raw, no --slots")
+    if args.size is None:
+        # Each slot as large as the one of the default segment: --slots 16
+        # alone cutting one page into slots of 192 bytes would be a trap.
+        try:
+            args.size = shmm.size_argument(str(shmm.default_size(args.slots)))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--slots {args.slots} with the default slot size needs {err};"
+                         " give fewer slots, or a --size")
     if args.size < shmm.segment_size(args.slots):
         parser.error(f"--size {args.size} is too small for {args.slots} slot(s): the headers"
                      f" need at least {shmm.segment_size(args.slots)} bytes")

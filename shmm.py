@@ -588,6 +588,12 @@ def segment_size(slots: int, payload: int = 64) -> int:
     return HEADER_SIZE + slots * (FRAME_SIZE + -(-(RECORD.size + payload) // 64) * 64)
 
 
+def default_size(slots: int) -> int:
+    """Return processa's segment size for `slots` slots when --size is not
+    given: the default segment, and a slot as large as its one for each more."""
+    return comm.SEGMENT_SIZE + (slots - 1) * slot_size_for(comm.SEGMENT_SIZE, 1)
+
+
 def write_header(memory: memoryview, slots: int, stream: int) -> int:
     """Lay out a fresh segment for `slots` slots; return the slot size."""
     slot_size = slot_size_for(len(memory), slots)
@@ -1404,7 +1410,9 @@ def add_channel_options(parser: argparse.ArgumentParser) -> None:
     add_key_options(parser)
     parser.add_argument("--size", type=size_argument, default=comm.SEGMENT_SIZE, metavar="BYTES",
                         help="segment size in bytes: processa makes it this big, processb"
-                             " refuses a smaller one (default: %(default)s)")
+                             f" refuses a smaller one (default: {comm.SEGMENT_SIZE}; for"
+                             f" processa, {slot_size_for(comm.SEGMENT_SIZE, 1)} more for each"
+                             " slot beyond the first)")
     parser.add_argument("--mode", type=mode_argument, default=comm.SEGMENT_MODE, metavar="OCTAL",
                         help="segment permissions: processa makes it with them, processb"
                              f" refuses a more open one (default: {comm.SEGMENT_MODE:04o})")

@@ -305,10 +305,12 @@ test_raw_8_mib_of_random_bytes_keep_their_sha256_with_1_and_16_slots() {
     done
 }
 
-# capacity SLOTS: the bytes one frame carries in --raw, in the default segment.
+# capacity SLOTS: the bytes one frame carries in --raw, in processa's default
+# segment for SLOTS slots.
 capacity() {
-    py 'import comm, shmm, sys
-slot = shmm.slot_size_for(comm.SEGMENT_SIZE, int(sys.argv[1]))
+    py 'import shmm, sys
+slots = int(sys.argv[1])
+slot = shmm.slot_size_for(shmm.default_size(slots), slots)
 print(slot - shmm.FRAME_SIZE - shmm.RECORD.size)' "$1"
 }
 
@@ -620,11 +622,16 @@ test_second_processb_is_refused_naming_the_connected_one() {
 test_processb_reports_a_killed_processa_and_detaches() {
     next_key
     start_reader a --slots 16 || return 1
-    seq 1000000 >"$work/in" # seconds of sending: processa is killed long before the end
-    start b processb.py <"$work/in"
-    must "messages to flow" wait_for grep -q -x "Message received: 1000" "$work/a.out" || return 1
+    open_input b
+    start b processb.py <"$work/b.in"
+    yes "an endless line" >&"$input" & # processa is killed long before the end
+    pid[feeder]=$!
+    must "messages to flow" wait_for [ -s "$work/a.out" ] || return 1
     kill -KILL "${pid[a]}"
     finish a 137 && finish b 7 || return 1
+    kill -KILL "${pid[feeder]}"
+    finish feeder 137 || return 1
+    exec {input}>&-
     must "one error line" one_error b "processa has gone away" || return 1
     must "processb detached (nattch 0)" nattch_is 0 || return 1
     "$PYTHON" "$here/shmm.py" clean --path "$work" --proj-id "$proj" 2>"$work/clean.err"
