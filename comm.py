@@ -66,16 +66,21 @@ class ExitCode(enum.IntEnum):
     """How processa, processb and shmm.py end; README.md lists the same table."""
 
     OK = 0                 # finished; everything this process made is removed
-    FAILURE = 1            # a system call failed (not as below), or the FIFO directory
-                           # is not private
-    USAGE = 2              # bad command line or ftok path (argparse uses 2 too), or
+    FAILURE = 1            # a system call failed (not as below), the FIFO directory
+                           # is not private, or stdin (processb) or stdout (processa)
+                           # is closed or fails
+    USAGE = 2              # bad command line or ftok path (argparse uses 2 too), a
+                           # --slots whose tokens do not fit this user's pipes, or
                            # input that text mode cannot carry (use --raw)
-    SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not fit
+    SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not
+                           # fit; processa's FIFOs are in use by a live processa; or
+                           # processb's --raw differs from processa's
     PERMISSION_DENIED = 4  # the segment's mode does not let this user use it
     NO_READER = 5          # processb: no processa came up within --wait seconds
     WRITER_BUSY = 6        # processb: another processb has this processa
     PEER_GONE = 7          # the other process went away in mid-conversation
-    CORRUPT = 8            # processa: a message header failed its checks
+    CORRUPT = 8            # processa: a frame or record header failed its checks, a
+                           # line went beyond MAX_LINE, or the stream ended mid-line
     SIGNALLED = 128        # plus the signal number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP.
                            # Not exited with: after cleaning up, the process dies by the
                            # signal itself, and the shell shows 128 + N in $? all the same.

@@ -75,8 +75,10 @@ def serve(args: argparse.Namespace, closed: list[str]) -> int:
                  args.mode)
         log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
         log_status(segment)
-        serve_protocol = serve_tutorial_protocol if args.seed_protocol else serve_messages
-        serve_protocol(cleanup, key, memory, args)
+        if args.seed_protocol:
+            serve_tutorial_protocol(cleanup, memory)
+        else:
+            serve_messages(cleanup, key, memory, args)
     return ExitCode.OK
 
 
@@ -87,7 +89,7 @@ def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
     notify_fd, ack_fd = shmm.accept_writer(cleanup, key, args.slots, memory)  # the FIFOs
     printer = BytePrinter() if args.raw else LinePrinter()
     reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
-    ended = reader.receive(printer, printer.write)  # until the END frame, or end of file
+    ended = reader.receive(printer.copy_out, printer.write_copied)  # until END, or end of file
     writer = f"processb (pid {shmm.read_header(memory).writer_pid})"
     if not ended:
         unprinted = "; the part of a line received was not printed" if printer.parts else ""
@@ -115,13 +117,22 @@ class Printer:
         self.copied: list[tuple[bytes, int]] = []      # (piece, more), not yet written
         self.parts: list[bytes] = []                   # the pieces of a line still arriving
 
-    def __call__(self, piece: memoryview, more: int) -> None:
-        self.copied.append((bytes(piece), more))  # copy now: the slot is handed back next
+    def copy_out(self, piece: memoryview, more: int) -> None:
+        """Copy a record out of its slot, which is handed back next."""
+        self.copied.append((bytes(piece), more))
 
-    def write(self) -> None:
-        """Write what was copied out to stdout."""
+    def write_copied(self) -> None:
+        """Write what was copied out to stdout, as format() makes it."""
         write_all([self.format(piece, more) for piece, more in self.copied])
         self.copied.clear()
+
+    def format(self, piece: bytes, more: int) -> bytes:
+        """Return what a record becomes on stdout (LinePrinter, BytePrinter)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Say how much arrived (LinePrinter, BytePrinter)."""
+        raise NotImplementedError
 
 
 class LinePrinter(Printer):
@@ -138,11 +149,15 @@ class LinePrinter(Printer):
     def format(self, text: bytes, more: int) -> bytes:
         """Return a record's lines as they are printed (nothing while a line goes on)."""
         if more or self.parts:
-            self.parts.append(text)
-            self.held += len(text)
-            if self.held > comm.MAX_LINE:
+            # The long line is all of each piece flagged MORE, and of the last
+            # piece what comes before its first newline (whole lines follow).
+            newline = text.find(b"\n")
+            end = len(text) if more or newline < 0 else newline
+            if self.held + end > comm.MAX_LINE:
                 raise shmm.CorruptFrame(f"processb sent a line longer than {comm.MAX_LINE}"
                                         " bytes, the most text mode carries")
+            self.parts.append(text)
+            self.held += len(text)
             if more:
                 return b""
             text = b"".join(self.parts)
@@ -155,7 +170,7 @@ class LinePrinter(Printer):
 
     def describe(self) -> str:
         """Say how much arrived."""
-        return f"{self.count} messages"
+        return shmm.counted(self.count, "message")
 
 
 class BytePrinter(Printer):
@@ -168,7 +183,7 @@ class BytePrinter(Printer):
 
     def describe(self) -> str:
         """Say how much arrived."""
-        return f"{self.count} bytes"
+        return shmm.counted(self.count, "byte")
 
 
 def write_all(buffers: list[bytes]) -> None:
@@ -204,9 +219,8 @@ def log_status(segment: shmm.Segment) -> None:
 # --- 3. The tutorial's protocol (--seed-protocol) ------------------------------------
 
 
-def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview,
-                            _args: argparse.Namespace) -> None:
-    """Speak the tutorial's protocol (see shmm.py): print the C string at
+def serve_tutorial_protocol(cleanup: shmm.Cleanup, memory: memoryview) -> None:
+    """Speak the tutorial's protocol (shmm.py section 14): print the C string at
     offset 0 each time a byte arrives on ./myfifo."""
     with shmm.signals_deferred():
         if shmm.has_reader(comm.SEED_FIFO):
@@ -220,7 +234,7 @@ def serve_tutorial_protocol(cleanup: shmm.Cleanup, _key: int, memory: memoryview
     while os.read(fifo_fd, 1):
         write_all([PREFIX + shmm.read_c_string(memory)])  # the string keeps its newline
         messages += 1
-    log.info("the writer closed ./%s after %d messages", comm.SEED_FIFO, messages)
+    log.info("the writer closed ./%s after %s", comm.SEED_FIFO, shmm.counted(messages, "message"))
 
 
 def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:
@@ -262,6 +276,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run processa; return its exit status."""
+    shmm.end_quietly_on_signals()
     closed = shmm.reopen_closed_standard_streams()
     args = parse_arguments(argv)
     shmm.configure_logging(args.verbose - args.quiet)

@@ -10,7 +10,7 @@ Start processa.py first (if it is not up yet, processb waits for it, up to
     [Info][...]::took the writer's lock (flock on the notify FIFO): the only writer now
     Please enter: hello                  (terminal 1: Message received: hello)
     Please enter: ^D
-    [Info][...]::sent 1 messages; processa has taken them all
+    [Info][...]::sent 1 message; processa has taken them all
     [Info][...]::detached from shmid 3 (shmdt)
 
 Input can be piped in too: `seq 100000 | python3 processb.py` sends 100,000
@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import select
+import shlex
 import signal
 import sys
 import threading
@@ -92,7 +93,7 @@ def send(args: argparse.Namespace, closed: list[str]) -> int:
         take_writer_lock(notify_fd, memory, key)  # one writer at a time
         layout = shmm.read_header(memory)
         writer = shmm.Writer(memory, layout.slots, layout.slot_size, notify_fd, ack_fd)
-        with stop_when_processa_leaves(ack_fd):
+        with stop_when_processa_leaves(ack_fd):  # (the sidebar at the end)
             sent = send_input(writer, args.raw)   # until end of input, then the END frame
         log.info("sent %s; processa has taken them all", sent)
     return ExitCode.OK
@@ -139,7 +140,7 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
 def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], T],
                       fifo_path: str) -> T:
     """Return what connect() returns once processa listens on fifo_path; give up
-    after --wait seconds."""
+    after --wait seconds. (connect opens our two FIFOs, or the tutorial's one.)"""
     deadline = time.monotonic() + args.wait
     attempt = 0
     while True:
@@ -152,7 +153,7 @@ def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], 
                 raise
             log.debug("processa is not listening yet: %s", shmm.describe(err))
         if time.monotonic() >= deadline:
-            raise Refused(ExitCode.NO_READER, why_not_listening(key, args.wait, fifo_path))
+            raise Refused(ExitCode.NO_READER, why_not_listening(key, args, fifo_path))
         # The first attempt often finds processa between its two open(2)
         # calls; only when the second fails too are we really waiting.
         if attempt == 2:
@@ -161,8 +162,9 @@ def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], 
         time.sleep(POLL_INTERVAL)
 
 
-def why_not_listening(key: int, waited: float, fifo_path: str) -> str:
+def why_not_listening(key: int, args: argparse.Namespace, fifo_path: str) -> str:
     """Explain, after waiting, why no processa was found at key."""
+    waited = args.wait
     try:
         segment = shmm.Segment.find(key)
     except FileNotFoundError:
@@ -173,8 +175,15 @@ def why_not_listening(key: int, waited: float, fifo_path: str) -> str:
         return (f"shmid {segment.shmid} at key {show_key(key)} was made by uid {creator};"
                 " processa's FIFOs are private to its own user, so run processb as that user")
     return (f"shmid {segment.shmid} exists at key {show_key(key)}, but no processa listens on"
-            f" {fifo_path} after {waited:g} s; if processa crashed, `python3 shmm.py clean`"
+            f" {fifo_path} after {waited:g} s; if processa crashed, `{clean_command(args)}`"
             " removes what it left")
+
+
+def clean_command(args: argparse.Namespace) -> str:
+    """Return the shmm.py clean command line for our key, to run from anywhere."""
+    shmm_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shmm.py")
+    return (f"python3 {shlex.quote(shmm_py)} clean --path {shlex.quote(args.path)}"
+            f" --proj-id {args.proj_id:#x}")
 
 
 # --- 3. One writer at a time, of the kind processa expects ----------------------------
@@ -229,11 +238,11 @@ def take_writer_lock(notify_fd: int, memory: memoryview, key: int) -> None:
 def send_input(writer: shmm.Writer, raw: bool) -> str:
     """Send stdin through writer until end of input; say how much was sent."""
     if raw:
-        sent = f"{send_bytes(writer)} bytes"
+        sent = shmm.counted(send_bytes(writer), "byte")
     elif os.isatty(0):
-        sent = f"{send_typed_lines(writer)} messages"
+        sent = shmm.counted(send_typed_lines(writer), "message")
     else:
-        sent = f"{send_lines(writer)} messages"
+        sent = shmm.counted(send_lines(writer), "message")
     log.debug("end of input: sending the END frame, waiting for processa to take every frame")
     writer.close()
     return sent
@@ -256,6 +265,8 @@ def send_lines(writer: shmm.Writer) -> int:
             filled += got
             last = new.rfind(b"\n")
             if last >= 0:
+                # Only the first line that ends here can be long: it may have
+                # begun in earlier frames. The others fit in this one.
                 check_line_length(sent_of_line + filled - got + new.find(b"\n"))
                 end = filled - got + last + 1
                 tail = bytes(room[end:filled])  # copied: the slot goes to processa
@@ -324,7 +335,7 @@ def read_stdin(writer: shmm.Writer, room: memoryview) -> int:
 
 # --- 5. The tutorial's protocol (--seed-protocol) -------------------------------------
 #
-# With --seed-protocol we speak to the tutorial's a.cc (see shmm.py): each
+# With --seed-protocol we speak to the tutorial's a.cc (shmm.py section 14): each
 # line, newline kept, goes into the segment as a C string, announced by one
 # byte on ./myfifo. Like fgets(3) into a 4096-byte buffer, a longer line
 # goes as several strings of at most 4095 bytes. Nothing tells us when the
@@ -374,9 +385,9 @@ def open_tutorial_fifo() -> int:
 #
 # What follows can be skipped on a first reading: it makes processb pleasant
 # and safe at a terminal (the prompt, line editing, Ctrl-C), and is not
-# needed to understand shared memory.
-#
-# Notice at once when processa goes away, or when a signal comes.
+# needed to understand shared memory. The story calls it in three places:
+# stop_when_processa_leaves around the sending, send_typed_lines and
+# terminal_lines for what is typed.
 #
 # Sending, we notice a vanished processa by EPIPE or end of file. But at the
 # prompt we sit in input(), and would only notice at the next line. So a
@@ -448,6 +459,8 @@ def terminal_lines() -> Iterator[bytes]:
     # A Python built without readline still reads lines, only unedited.
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - importing it is what gives input() line editing
+    # Bytes that are not valid in the terminal's encoding are kept, not an error.
+    sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             with stdout_on_stderr():
@@ -507,6 +520,7 @@ def wait_argument(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run processb; return its exit status."""
+    shmm.end_quietly_on_signals()
     closed = shmm.reopen_closed_standard_streams()
     args = parse_arguments(argv)
     shmm.configure_logging(args.verbose - args.quiet)

@@ -31,7 +31,7 @@ It is also a small ipcs/ipcrm built on the same calls:
     $ python3 shmm.py ls                 # like ipcs -m
     $ python3 shmm.py stat 3             # like ipcs -m -i 3
     $ python3 shmm.py rm 3               # like ipcrm -m 3 (--key KEY: ipcrm -M)
-    $ python3 shmm.py clean              # remove what a crashed pair left at our key
+    $ python3 shmm.py clean              # remove what a crashed processa left at our key
 
 Man pages: svipc(7), ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2),
 fifo(7), flock(2), ipcs(1), ipcrm(1).
@@ -325,7 +325,7 @@ class Segment(contextlib.AbstractContextManager):
 
     def attach(self, readonly: bool = False) -> memoryview:
         """Map the segment and return its bytes as a memoryview."""
-        size = self.status().shm_segsz
+        size = self.status().shm_segsz  # shmat returns where, not how much
         self.address = shmat(self.shmid, None, SHM_RDONLY if readonly else 0)
         memory = memoryview((ctypes.c_char * size).from_address(self.address)).cast("B")
         self.memory = memory.toreadonly() if readonly else memory
@@ -360,6 +360,15 @@ class Segment(contextlib.AbstractContextManager):
             log.warning("shmid %d was already removed by someone else (ipcrm?)", self.shmid)
             return
         log.info("removed shmid %d (IPC_RMID)", self.shmid)
+
+
+# Part I in use, the whole life of a segment (ipcs -m shows it meanwhile):
+#
+#     with Segment.create(make_key(".", 0x47), 4096, 0o600) as segment:
+#         memory = segment.attach()                 # shmat
+#         memory[:5] = b"hello"                     # plain memory from here on
+#         print(segment.status().shm_nattch)        # IPC_STAT: 1
+#     # leaving the block detached (shmdt) and removed it (IPC_RMID)
 
 
 # ======================================================================================
@@ -473,6 +482,13 @@ class Interrupted(BaseException):
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
+
+
+def end_quietly_on_signals() -> None:
+    """Until stop_on_signals, let Ctrl-C end us by its default action, without
+    Python's KeyboardInterrupt traceback: nothing is made yet to clean up."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_on_signals() -> None:
@@ -635,9 +651,10 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 #   another user created it    never touch it (root could remove anyone's)
 #   nattch > 0                 somebody uses it: never touch it
 #   nattch 0, our magic        a crashed processa's: remove it and go on
-#   nattch 0, all zeros        a processa killed between shmget and writing
+#   nattch 0, every byte 0     a processa killed between shmget and writing
 #                              its header: ours as well, remove it (unless
-#                              its creator is alive and still setting it up)
+#                              its creator is alive and still setting it up);
+#                              if it was another program's, nothing is lost
 #   anything else              not ours: refuse, and say how to pick a key
 #
 # Looking takes several steps, and another processa may start between them:
@@ -650,7 +667,7 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 # remove it while still attached; the kernel frees it when we detach.
 #
 # PostgreSQL dropped "is the creator's pid alive?" as a test of staleness,
-# because pids are reused. We ask it only of an all-zero header, and only to
+# because pids are reused. We ask it only of an all-zero segment, and only to
 # refuse: a reused pid then makes us wait for nothing, never remove a
 # segment in use.
 
@@ -673,15 +690,16 @@ def remove_leftover(key: int) -> int:
     if status.shm_nattch:
         raise in_use(where, status.shm_nattch, status.shm_cpid)
     try:
-        start = bytes(segment.attach(readonly=True)[:HEADER_SIZE])
+        memory = segment.attach(readonly=True)
+        start, blank = bytes(memory[:HEADER_SIZE]), all_zero(memory)
         others = segment.status().shm_nattch - 1  # we are attached too now
         if others:
             raise in_use(where, others, status.shm_cpid)
-        if start == bytes(HEADER_SIZE) and process_exists(status.shm_cpid):
+        if blank and process_exists(status.shm_cpid):
             raise Refused(ExitCode.SEGMENT_CONFLICT,
                           f"{where}, which pid {status.shm_cpid} has just created and is"
                           " setting up; is another processa starting? Try again in a moment")
-        if not start.startswith(MAGIC) and start != bytes(HEADER_SIZE):
+        if not start.startswith(MAGIC) and not blank:
             raise Refused(ExitCode.SEGMENT_CONFLICT,
                           f"{where}, which processa did not make (or a processa"
                           " --seed-protocol, whose format has no header to tell); pick another"
@@ -691,6 +709,13 @@ def remove_leftover(key: int) -> int:
     finally:
         segment.detach()
     return segment.shmid
+
+
+def all_zero(memory: memoryview) -> bool:
+    """Tell whether every byte of memory is 0, comparing a MiB at a time."""
+    zeros = bytes(min(len(memory), 1 << 20))
+    return all(memory[at:at + len(zeros)] == zeros[:len(memory) - at]
+               for at in range(0, len(memory), len(zeros)))
 
 
 def in_use(where: str, nattch: int, creator: int) -> Refused:
@@ -765,8 +790,9 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # /tmp keeps us from removing it: SHMM_FIFO_DIR then names another directory
 # (for both programs), which must pass the same checks.
 #
-# The handshake. Each open(2) of a FIFO waits for the other end, unless it
-# is made with O_NONBLOCK; these are the four opens, in order:
+# The handshake: accept_writer is processa's side, connect_writer (with
+# processb's take_writer_lock) the writer's. Each open(2) of a FIFO waits for
+# the other end, unless it is made with O_NONBLOCK; in order:
 #
 #   processa                                 processb
 #   1. notify, read, O_NONBLOCK: at once;
@@ -776,6 +802,13 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 #                                            4. notify, write, O_NONBLOCK: works
 #                                                only if a reader has it open;
 #                                                ENXIO: no processa listens
+#                                            5. flock(notify): the only writer;
+#                                                its pid into the segment header
+#   6. poll(notify) until the header   <---     (or its first frame announced)
+#      names a writer: serve it
+#
+# A writer that leaves between 4 and 5 (refused: another one writes, or its
+# --raw differs) closes notify without a word; processa then waits on (6).
 #
 # So a FIFO "has a reader" exactly while a processa listens on it, and an
 # O_NONBLOCK open for writing tells, without waiting: that is how processb
@@ -813,6 +846,40 @@ def fifo_paths(key: int) -> tuple[str, str]:
     directory = fifo_directory()
     return (os.path.join(directory, comm.NOTIFY_FIFO.format(key=show_key(key))),
             os.path.join(directory, comm.ACK_FIFO.format(key=show_key(key))))
+
+
+def accept_writer(cleanup: contextlib.ExitStack, key: int, slots: int,
+                  memory: memoryview) -> tuple[int, int]:
+    """The reader's side of the handshake: listen (step 1), wait for a writer
+    to open ack (step 2) and then to claim the channel or send a frame; return
+    (notify_fd, ack_fd). The cleanup closes ack, unlinks both FIFOs if they
+    are still ours, and closes notify, in that order."""
+    with signals_deferred():  # the FIFOs exist only once their removal is registered
+        notify_fd = listen(cleanup, key, slots)
+    notify_path, ack_path = fifo_paths(key)
+    log.info("waiting for processb on %s", notify_path)
+    ack_fd = os.open(ack_path, os.O_WRONLY)
+    cleanup.callback(os.close, ack_fd)
+    fit_tokens(ack_fd, slots)
+    wait_for_sender(notify_fd, notify_path, memory)
+    return notify_fd, ack_fd
+
+
+def connect_writer(key: int) -> tuple[int, int]:
+    """Open processa's FIFOs as the writer (steps 3 and 4 of the handshake),
+    without waiting: return (notify_fd, ack_fd), or raise FileNotFoundError or
+    ENXIO while no processa listens."""
+    notify_path, ack_path = fifo_paths(key)
+    check_private(os.path.dirname(notify_path))
+    ack_fd = os.open(ack_path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        notify_fd = os.open(notify_path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        os.close(ack_fd)
+        raise
+    os.set_blocking(ack_fd, True)
+    os.set_blocking(notify_fd, True)
+    return notify_fd, ack_fd
 
 
 def check_private(directory: str) -> None:
@@ -877,23 +944,6 @@ def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
     return notify_fd
 
 
-def accept_writer(cleanup: contextlib.ExitStack, key: int, slots: int,
-                  memory: memoryview) -> tuple[int, int]:
-    """The reader's side of the handshake: listen (step 1), wait for a writer
-    to open ack (step 2) and then to claim the channel or send a frame; return
-    (notify_fd, ack_fd). The cleanup closes ack, unlinks both FIFOs if they
-    are still ours, and closes notify, in that order."""
-    with signals_deferred():  # the FIFOs exist only once their removal is registered
-        notify_fd = listen(cleanup, key, slots)
-    notify_path, ack_path = fifo_paths(key)
-    log.info("waiting for processb on %s", notify_path)
-    ack_fd = os.open(ack_path, os.O_WRONLY)
-    cleanup.callback(os.close, ack_fd)
-    fit_tokens(ack_fd, slots)
-    wait_for_sender(notify_fd, notify_path, memory)
-    return notify_fd, ack_fd
-
-
 def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> None:
     """Wait until a writer has claimed the channel or sent a frame."""
     # A processb that was refused (another one writes, the modes differ)
@@ -908,7 +958,12 @@ def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> Non
         if events & select.POLLIN or read_header(memory).writer_pid:
             return
         log.info("a writer opened %s and closed it without sending; still waiting", notify_path)
-        fresh = os.open(notify_path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            fresh = os.open(notify_path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise Refused(ExitCode.FAILURE, f"{notify_path} was removed while processa waited"
+                          " (by hand?), so no processb can find it; start processa again"
+                          ) from None
         os.dup2(fresh, notify_fd)
         os.close(fresh)
 
@@ -961,35 +1016,18 @@ def fit_tokens(fd: int, slots: int) -> None:
                       f" {max(1, size - PAGE_SIZE)} or fewer")
 
 
-def connect_writer(key: int) -> tuple[int, int]:
-    """Open processa's FIFOs as the writer (steps 3 and 4 of the handshake),
-    without waiting: return (notify_fd, ack_fd), or raise FileNotFoundError or
-    ENXIO while no processa listens."""
-    notify_path, ack_path = fifo_paths(key)
-    check_private(os.path.dirname(notify_path))
-    ack_fd = os.open(ack_path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        notify_fd = os.open(notify_path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        os.close(ack_fd)
-        raise
-    os.set_blocking(ack_fd, True)
-    os.set_blocking(notify_fd, True)
-    return notify_fd, ack_fd
-
-
 # --- 13. Sending and receiving --------------------------------------------------------
 #
 # Both ends walk the slots in the same order: frame n lives in slot n % slots.
 # The FIFOs count: a byte on notify is one more full slot, a byte on ack one
-# more free slot, which is how a pipe works inside. Each side reads all the
+# more free slot (a pipe counts its free space the same way). Each side reads all the
 # bytes waiting with one read(2), and writes as many as it has with one
 # write(2), so that under load a frame costs far less than a system call;
 # and a frame carries as many messages as fit, so a message costs less still.
 #
 # With one slot (the default) this is the tutorial's lock-step, completed:
 # fill, announce, wait for the ack. Done plainly, every frame then costs
-# two wake-ups of the other process, about 25 us each on these machines.
+# two wake-ups of the other process, about 25 us each on the machine we measured.
 # Two things help. With N slots the writer announces its frames half a ring
 # at a time, so the reader empties one half while the writer fills the
 # other. And a side that finds no token polls the FIFO a little before it
@@ -1165,7 +1203,7 @@ class Reader(Ring):
         """Call deliver(piece, more) for each record until the writer's END frame
         (more is MORE if the message goes on in the next record, else 0),
         and return True once the writer has closed notify; return False if it
-        closed notify without one. piece is a view into the segment, valid only
+        closed notify without an END frame. piece is a view into the segment, valid only
         during the call. handed_back() is called each time the frames taken so
         far have been handed back: what deliver copied out can be written then,
         while the writer fills the slots again."""
@@ -1264,7 +1302,7 @@ def write_c_string(memory: memoryview, text: bytes) -> None:
 # ======================================================================================
 
 
-# --- 15. For the programs: logging and options ----------------------------------------
+# --- 15. For the programs: logging, standard streams, options -------------------------
 #
 # The library only logs; each program's main decides where logs go. The
 # tutorial's log.hpp printed `[Info][2024-12-14 19:49:20]::message`; we keep
@@ -1283,6 +1321,11 @@ class TutorialFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.level = LEVEL_NAMES.get(record.levelno, record.levelname)
         return super().format(record)
+
+
+def counted(count: int, noun: str) -> str:
+    """Say a count with its noun: '1 message', '2 messages'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def configure_logging(verbosity: int) -> None:
@@ -1310,7 +1353,7 @@ def reopen_closed_standard_streams() -> list[str]:
             os.dup2(os.open(os.devnull, os.O_RDWR), fd)  # the open takes fd itself, or a lower one
             closed.append(name)
         if getattr(sys, name) is None:
-            stream = open(fd, "w" if fd else "r", closefd=False)  # noqa: SIM115 - for good
+            stream = open(fd, "w" if fd else "r", closefd=False)  # noqa: SIM115 - never closed
             setattr(sys, name, stream)
     return closed
 
@@ -1361,7 +1404,7 @@ def size_argument(text: str) -> int:
     and within shmmax and shmall."""
     size = int_argument(text)
     shmmax, shmall = read_kernel_limit("shmmax"), read_kernel_limit("shmall")
-    pages = -(-size // os.sysconf("SC_PAGE_SIZE"))
+    pages = -(-size // PAGE_SIZE)
     if size <= 0:
         raise argparse.ArgumentTypeError(f"{text}: a segment needs at least one byte")
     if size > LAYOUT_MAX_SIZE:

@@ -271,7 +271,7 @@ send_in() {
 
 test_messages_arrive_unchanged_with_1_and_16_slots() {
     local long longer slots
-    long=$(head -c 12288 /dev/zero | tr '\0' 'x')    # 3 times a default slot
+    long=$(head -c 12096 /dev/zero | tr '\0' 'x')    # 3 times a default slot (4032)
     longer=$(head -c 161280 /dev/zero | tr '\0' 'y') # 40 times a default slot
     printf 'hello, shared memory\n你好，共享内存\n\n%s\n%s\nnot UTF-8: \xff\xfe\nno newline at the end' \
         "$long" "$longer" >"$work/in"
@@ -484,14 +484,15 @@ use_proj() {
     must "no segment at $key before the test" [ -z "$(shmid_of "$key")" ]
 }
 
-# make_segment CONTENT: create a segment at $key as some other program would,
-# with CONTENT at offset 0; print its shmid.
+# make_segment CONTENT [OFFSET]: create a segment at $key as some other
+# program would, with CONTENT at OFFSET (default 0); print its shmid.
 make_segment() {
     py 'import shmm, sys
 segment = shmm.Segment.create(int(sys.argv[1], 0), 4096, 0o600)
-segment.attach()[:len(sys.argv[2])] = sys.argv[2].encode()
+at = int(sys.argv[3])
+segment.attach()[at:at + len(sys.argv[2])] = sys.argv[2].encode()
 segment.detach()
-print(segment.shmid)' "$key" "$1"
+print(segment.shmid)' "$key" "$1" "${2:-0}"
 }
 
 # frames_taken_at_least N: processa has taken at least N frames. A slot is
@@ -546,15 +547,19 @@ test_all_zero_segment_whose_creator_is_gone_counts_as_stale() {
 }
 
 test_segment_that_is_not_ours_is_refused_and_left_alone() {
-    next_key
-    local foreign
-    foreign=$(make_segment "someone else's data") && shmids+=("$foreign")
-    start a processa.py
-    finish a 3 || return 1
-    must "one error line saying how to pick a key" one_error a "pick another key" || return 1
-    must "the segment untouched" [ "$(ipcs_field "$key" 2)" == "$foreign" ] || return 1
-    must "no FIFOs" no_fifos || return 1
-    ipcrm -m "$foreign"
+    local foreign offset
+    for offset in 0 64; do # at 64: a header of zeros, and data behind it
+        next_key
+        foreign=$(make_segment "someone else's data" "$offset") && shmids+=("$foreign")
+        start a processa.py
+        finish a 3 || return 1
+        must "one error line saying how to pick a key" one_error a "pick another key" ||
+            return 1
+        must "the segment untouched (data at $offset)" \
+            [ "$(ipcs_field "$key" 2)" == "$foreign" ] || return 1
+        must "no FIFOs" no_fifos || return 1
+        ipcrm -m "$foreign"
+    done
 }
 
 test_second_processa_is_refused_and_the_first_keeps_working() {
@@ -1124,7 +1129,12 @@ sys.stdin.read()"' "$PYTHON_NOBODY" "$(id -g nobody)" <"$work/holder.in"
     finish holder 0
 }
 
-test_text_mode_refuses_a_line_longer_than_its_limit() {
+test_text_mode_carries_a_line_of_its_limit_and_refuses_a_longer_one() {
+    # The longest line, followed by short ones in the same frame, goes through.
+    py 'import comm, sys
+sys.stdout.write("x" * comm.MAX_LINE + "\n" + "short\n" * 100)' >"$work/in"
+    send_in 1 --size 200000 || return 1
+    must "the longest line and 100 short ones" [ "$(wc -l <"$work/a.out")" == 101 ] || return 1
     next_key
     start_reader a || return 1
     start b processb.py </dev/zero
@@ -1776,6 +1786,62 @@ test_after_kill_9_of_the_tutorial_protocol_the_advice_given_clears_the_way() {
     kill -TERM "${pid[a3]}"
     finish a3 143 || return 1
     must "no segment, no ./myfifo" no_segment && [ ! -e "$work/seed/myfifo" ]
+}
+
+test_processb_s_advice_after_a_crash_works_from_any_directory() {
+    next_key
+    start_reader a || return 1
+    kill -KILL "${pid[a]}"
+    finish a 137 || return 1
+    start b processb.py --wait 0.2 </dev/null
+    finish b 5 || return 1
+    local advice
+    # shellcheck disable=SC2016 # the backquotes are processb's, not a command
+    advice=$(sed -n 's/.*if processa crashed, `\([^`]*\)` removes what it left.*/\1/p' \
+        "$work/b.err")
+    must "processb to name the command" [ -n "$advice" ] || return 1
+    (cd / && eval "$advice") 2>"$work/clean.err"
+    must "the advice, followed from /, to succeed" [ $? == 0 ] || return 1
+    must "no segment, no FIFOs" no_segment && no_fifos
+}
+
+test_a_notify_fifo_removed_while_processa_waits_is_one_error() {
+    next_key
+    start_reader a || return 1
+    # A writer comes (opens ack, then notify), and leaves without a word once
+    # the notify FIFO is gone.
+    exec {reader}<>"$fifo_dir/$key.ack" {writer}>"$fifo_dir/$key.notify"
+    rm "$fifo_dir/$key.notify"
+    exec {writer}>&- {reader}<&-
+    finish a 1 || return 1
+    must "one error line saying what happened" one_error a "was removed while processa waited" ||
+        return 1
+    must "no segment, no FIFOs" no_segment && no_fifos
+}
+
+test_a_byte_invalid_in_the_terminal_s_encoding_is_no_traceback() {
+    next_key
+    start_reader a || return 1
+    py 'import os, pty, select, subprocess, sys, time
+here, work, proj = sys.argv[1:4]
+master, terminal = pty.openpty()
+b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work, "--proj-id", proj],
+                     stdin=terminal, stdout=subprocess.DEVNULL, stderr=terminal,
+                     env={**os.environ, "TERM": "dumb", "PYTHONIOENCODING": "utf-8"})
+seen, deadline = b"", time.monotonic() + 30
+def prompts(count):
+    global seen
+    while seen.count(b"Please enter: ") < count and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.1)[0]:
+            seen += os.read(master, 65536)
+    return seen.count(b"Please enter: ") >= count
+for number, typed in enumerate((b"ok\r", b"\xff\xfe\r", b"\x04"), 1):
+    assert prompts(number), seen
+    os.write(master, typed)
+status = b.wait(timeout=30)
+sys.exit(1 if status or b"Traceback" in seen else 0)' "$here" "$work" "$proj"
+    must "processb to end well, without a traceback" [ $? == 0 ] || return 1
+    finish a 0
 }
 
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
