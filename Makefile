@@ -3,7 +3,8 @@
 # Run the reader first, then the writer, in two terminals:
 #     make run-a                  make run-b
 # Options pass through ARGS, e.g. make run-a ARGS="--proj-id 0x47 --size 8192"
-# (watch and clean take the key options only: --path and --proj-id).
+# (watch and clean take the key options only: --path and --proj-id; demo
+# takes none, and runs at the default key).
 
 PYTHON ?= python3
 ARGS ?=

@@ -81,6 +81,6 @@ class ExitCode(enum.IntEnum):
     PEER_GONE = 7          # the other process went away in mid-conversation
     CORRUPT = 8            # processa: a frame or record header failed its checks, a
                            # line went beyond MAX_LINE, or the stream ended mid-line
-    SIGNALLED = 128        # plus the signal number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP.
+    SIGNALLED = 128        # plus the signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT.
                            # Not exited with: after cleaning up, the process dies by the
                            # signal itself, and the shell shows 128 + N in $? all the same.

@@ -258,6 +258,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.slots <= shmm.MAX_SLOTS:
         parser.error(f"--slots {args.slots}: choose 1 to {shmm.MAX_SLOTS}")
+    if args.mode & 0o600 != 0o600:
+        parser.error(f"--mode {args.mode:04o} would lock processa out of its own segment:"
+                     " give its owner read and write (0600 or more)")
     if args.seed_protocol and (args.raw or args.slots != 1):
         parser.error("--seed-protocol sends lines through one string: no --raw, no --slots")
     if args.size is None:

@@ -182,7 +182,9 @@ def why_not_listening(key: int, args: argparse.Namespace, fifo_path: str) -> str
 def clean_command(args: argparse.Namespace) -> str:
     """Return the shmm.py clean command line for our key, to run from anywhere."""
     shmm_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shmm.py")
-    return (f"python3 {shlex.quote(shmm_py)} clean --path {shlex.quote(args.path)}"
+    named = os.environ.get(comm.FIFO_DIR_VARIABLE)
+    where = f"{comm.FIFO_DIR_VARIABLE}={shlex.quote(named)} " if named else ""
+    return (f"{where}python3 {shlex.quote(shmm_py)} clean --path {shlex.quote(args.path)}"
             f" --proj-id {args.proj_id:#x}")
 
 

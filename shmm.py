@@ -47,6 +47,7 @@ import logging
 import os
 import pwd
 import re
+import resource
 import select
 import signal
 import stat
@@ -448,8 +449,8 @@ def why_unreadable(shmid: int, advice: str) -> str:
 # --- 9. Signals and cleanup -----------------------------------------------------------
 #
 # The creator must remove the segment on every way out: the end of input, an
-# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP). Each of
-# these signals raises Interrupted in the main thread, which interrupts a
+# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-\
+# (SIGQUIT). Each of these signals raises Interrupted in the main thread, which interrupts a
 # blocking open(2), read(2) or poll(2) and unwinds through the `with` blocks
 # that own the segment and the FIFOs. Two gaps remain, and signals_deferred closes
 # them: a signal just after shmget, before the cleanup is registered, and a
@@ -468,7 +469,7 @@ def why_unreadable(shmid: int, advice: str) -> str:
 # next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
 # does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class Interrupted(BaseException):
@@ -492,7 +493,7 @@ def end_quietly_on_signals() -> None:
 
 
 def stop_on_signals() -> None:
-    """Make SIGINT, SIGTERM and SIGHUP raise Interrupted, unless they are ignored."""
+    """Make SIGINT, SIGTERM, SIGHUP and SIGQUIT raise Interrupted, unless ignored."""
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _interrupt)
@@ -512,7 +513,8 @@ def die_by(signum: int) -> None:
     """End this process by signal signum, as its default action does."""
     sys.stdout.flush()
     sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    signal.signal(signum, signal.SIG_DFL)  # SIGQUIT's would dump core: not with a limit of 0
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
     signal.raise_signal(signum)
 
@@ -838,7 +840,13 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 def fifo_directory() -> str:
     """Return the directory where this user's FIFOs live: $SHMM_FIFO_DIR, or
     /tmp/shmm-UID."""
-    return os.environ.get(comm.FIFO_DIR_VARIABLE) or comm.FIFO_DIR.format(uid=os.getuid())
+    named = os.environ.get(comm.FIFO_DIR_VARIABLE)
+    if not named:
+        return comm.FIFO_DIR.format(uid=os.getuid())
+    if not os.path.isabs(named):  # each program would find it from its own directory
+        raise Refused(ExitCode.USAGE, f"{comm.FIFO_DIR_VARIABLE}={named!r} must be an absolute"
+                      " path, the same for processa and processb")
+    return os.path.normpath(named)  # no trailing slash, which would let lstat follow a link
 
 
 def fifo_paths(key: int) -> tuple[str, str]:
@@ -885,13 +893,19 @@ def connect_writer(key: int) -> tuple[int, int]:
 def check_private(directory: str) -> None:
     """Refuse a FIFO directory that is a symlink, not ours, or open to others."""
     info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise Refused(ExitCode.FAILURE,
-                      f"{directory} must be a directory of uid {os.getuid()} with mode 0700"
-                      f" (it is uid {info.st_uid}, mode {stat.filemode(info.st_mode)});"
-                      " someone else may have made it, and in /tmp only they can remove it."
-                      f" Name a directory of your own with {comm.FIFO_DIR_VARIABLE}=DIR, for"
-                      " processa and processb alike (made with mode 0700 if missing)")
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
+        return
+    if info.st_uid != os.getuid():
+        why = ("someone else made it, and in /tmp only they can remove it. Name a directory"
+               f" of your own with {comm.FIFO_DIR_VARIABLE}=DIR, for processa and processb alike"
+               " (made with mode 0700 if missing; its parent must exist)")
+    elif stat.S_ISDIR(info.st_mode):
+        why = f"run chmod 700 {directory}, or remove it"
+    else:
+        why = "it is not a directory (a symlink?): move it away"
+    raise Refused(ExitCode.FAILURE,
+                  f"{directory} must be a directory of uid {os.getuid()} with mode 0700 (it is"
+                  f" uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); {why}")
 
 
 @contextlib.contextmanager
@@ -925,8 +939,13 @@ def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
     1 of the handshake); return its fd. The cleanup unlinks both FIFOs, if they
     are still ours, and then closes the fd."""
     directory = fifo_directory()
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass  # ours from an earlier run, or a plant: check_private tells
+    except (FileNotFoundError, NotADirectoryError) as err:
+        raise Refused(ExitCode.FAILURE, f"{describe(err)}: the FIFO directory's parent must be"
+                      f" an existing directory; fix {comm.FIFO_DIR_VARIABLE}") from None
     check_private(directory)
     with locked(directory):
         for path in fifo_paths(key):
@@ -1746,9 +1765,24 @@ def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand of the command line."""
+    closed = reopen_closed_standard_streams()
     args = parse_command_line(argv)
     configure_logging(args.verbose - args.quiet)
-    return run("shmm.py", lambda: args.run(args))
+    return run("shmm.py", lambda: run_command(args, closed))
+
+
+def run_command(args: argparse.Namespace, closed: list[str]) -> int:
+    """Run the subcommand; say so in one line if its output cannot be written."""
+    if "stdout" in closed and args.run is not command_clean:
+        raise Refused(ExitCode.FAILURE, "stdout is closed (>&-): there is nowhere to print")
+    try:
+        status = args.run(args)
+        sys.stdout.flush()
+    except OSError as err:
+        if err.filename is not None:  # a system call of ours: it names itself
+            raise
+        raise Refused(ExitCode.FAILURE, f"writing to stdout: {describe_errno(err)}") from None
+    return status
 
 
 if __name__ == "__main__":

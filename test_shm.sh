@@ -882,7 +882,7 @@ signal_number() { kill -l "$1"; }
 
 test_signals_while_each_waits_for_the_other() {
     local sig
-    for sig in INT TERM HUP; do
+    for sig in INT TERM HUP QUIT; do
         next_key
         start_reader a || return 1
         kill -"$sig" "${pid[a]}"
@@ -1842,6 +1842,28 @@ status = b.wait(timeout=30)
 sys.exit(1 if status or b"Traceback" in seen else 0)' "$here" "$work" "$proj"
     must "processb to end well, without a traceback" [ $? == 0 ] || return 1
     finish a 0
+}
+
+test_odd_settings_and_outputs_are_one_line_each() {
+    next_key
+    "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" --mode 0400 2>"$work/m.err"
+    must "--mode 0400: exit 2" [ $? == 2 ] || return 1
+    must "--mode 0400: one line saying why" one_error m "would lock processa out" || return 1
+    SHMM_FIFO_DIR=relative "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" \
+        2>"$work/r.err"
+    must "a relative SHMM_FIFO_DIR: exit 2" [ $? == 2 ] || return 1
+    must "a relative SHMM_FIFO_DIR: one line" one_error r "must be an absolute path" || return 1
+    SHMM_FIFO_DIR=$work/no/such "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" \
+        2>"$work/p.err"
+    must "a FIFO directory without a parent: exit 1" [ $? == 1 ] || return 1
+    must "a FIFO directory without a parent: one line" one_error p "parent must be" || return 1
+    shmm key >&- 2>"$work/k.err"
+    must "shmm.py key with stdout closed: exit 1" [ $? == 1 ] || return 1
+    must "shmm.py key with stdout closed: one line" one_error k "stdout is closed" || return 1
+    shmm ls >/dev/full 2>"$work/l.err"
+    must "shmm.py ls into a full disk: exit 1" [ $? == 1 ] || return 1
+    must "shmm.py ls into a full disk: one line" one_error l "writing to stdout: ENOSPC" || return 1
+    must "no segment, no FIFOs" no_segment && no_fifos
 }
 
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
