@@ -450,12 +450,13 @@ def why_unreadable(shmid: int, advice: str) -> str:
 #
 # The creator must remove the segment on every way out: the end of input, an
 # error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-\
-# (SIGQUIT). Each of these signals raises Interrupted in the main thread, which interrupts a
-# blocking open(2), read(2) or poll(2) and unwinds through the `with` blocks
-# that own the segment and the FIFOs. Two gaps remain, and signals_deferred closes
-# them: a signal just after shmget, before the cleanup is registered, and a
-# signal during the cleanup itself. kill -9 cannot be caught: section 11
-# deals with what it leaves.
+# (SIGQUIT). Each of these signals raises Interrupted in the main thread,
+# which interrupts a blocking open(2), read(2) or poll(2) and unwinds through
+# the `with` blocks that own the segment and the FIFOs; then the process dies
+# by the signal itself (die_by), so that a shell loop around it stops too.
+# Two gaps remain, and signals_deferred closes them: a signal just after
+# shmget, before the cleanup is registered, and a signal during the cleanup
+# itself. kill -9 cannot be caught: section 11 deals with what it leaves.
 #
 # A signal that was ignored when we started stays ignored (nohup, or a
 # background job of a non-interactive shell, which ignores SIGINT): that
