@@ -24,14 +24,16 @@ segment with `make watch` (ipcs -m once a second).
 In order, it: derives the key with ftok(3); creates the segment exclusively
 with shmget(2) (removing one that a crashed processa left behind); attaches
 it with shmat(2) and writes the header; makes the two FIFOs; waits for
-processb; prints each message as it arrives; and, when processb closes or a
-signal comes, closes and removes the FIFOs, detaches with shmdt(2) and
-removes the segment with shmctl(2) IPC_RMID.
+processb; prints each message as it arrives, a frame of lines at a time;
+and, when processb has sent its END frame and closed, or a signal comes,
+closes and removes the FIFOs (if still its own), detaches with shmdt(2) and
+removes the segment with shmctl(2) IPC_RMID. Without an END frame it says
+that the output may be incomplete, and exits 7.
 
 Messages go to stdout, one line each, as soon as they arrive; with --raw,
 the bytes processb streams are written to stdout exactly as sent. Logs go
 to stderr. Exit status: 0 when processb closed the channel, others as
-listed in comm.py and README.md. Signal N (Ctrl-C, kill, a closed terminal)
+listed in comm.py and README.md. Signal N (Ctrl-C, Ctrl-backslash, kill, a closed terminal)
 makes it clean up and then die by that signal, so that a script or loop
 around it stops too; the shell shows 128 + N (130 for Ctrl-C).
 

@@ -21,10 +21,12 @@ bytes, binary safe: `python3 processb.py --raw < photo.jpg` arrives whole in
 
 In order, it: derives the key with ftok(3); waits until processa listens on
 its FIFOs; finds the segment with shmget(2) without creating it (flags 0),
-checks its size and mode, and attaches it with shmat(2); takes the writer's
-lock, so that one processb at a time writes; sends; and at the end (or on a
-signal) detaches with shmdt(2). It never removes the segment: that is the
-creator's job.
+checks its size and mode, and attaches it with shmat(2); checks that
+processa expects what we send (lines, or bytes with --raw); takes the
+writer's lock, so that one processb at a time writes; sends, reading stdin
+straight into the slots; ends with an END frame, so that processa knows the
+stream is whole; and at the end (or on a signal) detaches with shmdt(2). It
+never removes the segment: that is the creator's job.
 
 Exit status: 0 when processa has taken every message, others as listed in
 comm.py and README.md. After signal N it detaches and dies by that signal,
@@ -85,10 +87,7 @@ def send(args: argparse.Namespace, closed: list[str]) -> int:
     with shmm.Cleanup() as cleanup:
         cleanup.callback(os.close, notify_fd)
         cleanup.callback(os.close, ack_fd)
-        with shmm.signals_deferred():
-            segment = cleanup.enter_context(find_segment(key, args))
-            memory = segment.attach()
-        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+        memory = attach_segment(cleanup, key, args)
         check_stream(memory, key, args.raw)      # lines or bytes, as processa expects
         take_writer_lock(notify_fd, memory, key)  # one writer at a time
         layout = shmm.read_header(memory)
@@ -135,6 +134,15 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
                       f" --mode {args.mode:04o}: other users can read and write what you send."
                       f" Pass --mode {mode:04o} to send anyway")
     return segment
+
+
+def attach_segment(cleanup: shmm.Cleanup, key: int, args: argparse.Namespace) -> memoryview:
+    """Find processa's segment and attach it; the cleanup detaches it (never removes)."""
+    with shmm.signals_deferred():  # registered for detaching before a signal can stop us
+        segment = cleanup.enter_context(find_segment(key, args))
+        memory = segment.attach()
+    log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+    return memory
 
 
 def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], T],
@@ -349,10 +357,7 @@ def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
     fifo_fd = wait_for_processa(key, args, open_tutorial_fifo, f"./{comm.SEED_FIFO}")
     with shmm.Cleanup() as cleanup:
         cleanup.callback(os.close, fifo_fd)
-        with shmm.signals_deferred():
-            segment = cleanup.enter_context(find_segment(key, args))
-            memory = segment.attach()
-        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+        memory = attach_segment(cleanup, key, args)
         with stop_when_processa_leaves(fifo_fd):
             for line in lines_with_newlines():
                 for start in range(0, len(line), len(memory) - 1):
