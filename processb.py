@@ -42,7 +42,6 @@ import contextlib
 import errno
 import fcntl
 import logging
-import math
 import os
 import select
 import shlex
@@ -504,25 +503,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="processb.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     shmm.add_channel_options(parser)
-    parser.add_argument("--wait", type=wait_argument, default=30.0, metavar="SECONDS",
+    parser.add_argument("--wait", type=shmm.seconds_argument, default=30.0, metavar="SECONDS",
                         help="how long to wait for processa to start (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.seed_protocol and args.raw:
         parser.error("--seed-protocol sends lines through one string: no --raw")
     return args
-
-
-def wait_argument(text: str) -> float:
-    """Parse --wait: a finite number of seconds, 0 or more."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
-    # float() also takes "nan" and "inf": nan compares false with everything,
-    # so a deadline of nan is never reached, and inf is not a limit either.
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
-    return seconds + 0.0  # -0 becomes 0, which is how it is said
 
 
 def main(argv: list[str] | None = None) -> int:

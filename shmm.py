@@ -23,15 +23,28 @@ idea and uses nothing from the sections below it.
     Part III. Plumbing
     15. for the programs            logging, standard streams, options
     16. the command line            python3 shmm.py key|ls|stat|rm|clean
+    17. the experiments             python3 shmm.py create|attach|write|read|chmod
+    18. the entry point             parse, then run one subcommand
 
 It is also a small ipcs/ipcrm built on the same calls:
 
     $ python3 shmm.py key                # our key, as ipcs prints it
     0x46010004
     $ python3 shmm.py ls                 # like ipcs -m
-    $ python3 shmm.py stat 3             # like ipcs -m -i 3
+    $ python3 shmm.py stat 3             # like ipcs -m -i 3, and the mode in decimal
     $ python3 shmm.py rm 3               # like ipcrm -m 3 (--key KEY: ipcrm -M)
     $ python3 shmm.py clean              # remove what a crashed processa left at our key
+
+and one command for each experiment of the tutorial (`make lessons` runs
+them all, in its order):
+
+    $ python3 shmm.py create --size 4097 # shmget(key, 4097, IPC_CREAT|IPC_EXCL|0)
+    65548
+    $ python3 shmm.py create             # again: EEXIST (File exists), naming 65548
+    $ python3 shmm.py chmod 65548 0600   # shmctl(IPC_SET): perms 0 -> 600
+    $ python3 shmm.py attach 65548       # shmat: 8192 bytes = 2 pages; nattch 1
+    $ python3 shmm.py write 65548 hello  # "hello" and a NUL at offset 0
+    $ python3 shmm.py read 65548         # prints hello (--every 1: the tutorial's loop)
 
 Man pages: svipc(7), ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2),
 fifo(7), flock(2), ipcs(1), ipcrm(1).
@@ -44,11 +57,13 @@ import ctypes
 import errno
 import fcntl
 import logging
+import math
 import os
 import pwd
 import re
 import resource
 import select
+import shlex
 import signal
 import stat
 import struct
@@ -86,13 +101,14 @@ IPC_CREAT = 0o1000       # shmget flag: create a segment if the key has none
 IPC_EXCL = 0o2000        # shmget flag: with IPC_CREAT, fail (EEXIST) if it has one
 SHM_RDONLY = 0o10000     # shmat flag: map the segment read-only
 IPC_RMID = 0             # shmctl command: remove once the last process detaches
+IPC_SET = 1              # shmctl command: set uid, gid and mode from a struct shmid_ds
 IPC_STAT = 2             # shmctl command: copy the kernel's struct shmid_ds out
 SHM_INFO = 14            # shmctl command: system totals; returns the highest index
 SHM_STAT_ANY = 15        # shmctl command: IPC_STAT by index, without the read check
 SHM_DEST = 0o1000        # mode bit: removal requested, waiting for the last detach
 SHM_LOCKED = 0o2000      # mode bit: locked in memory with SHM_LOCK
-COMMANDS = {IPC_RMID: "IPC_RMID", IPC_STAT: "IPC_STAT", SHM_INFO: "SHM_INFO",
-            SHM_STAT_ANY: "SHM_STAT_ANY"}
+COMMANDS = {IPC_RMID: "IPC_RMID", IPC_SET: "IPC_SET", IPC_STAT: "IPC_STAT",
+            SHM_INFO: "SHM_INFO", SHM_STAT_ANY: "SHM_STAT_ANY"}
 
 
 def declare(name: str, restype: Any, failed: Any, *, errno_decides: bool = False,
@@ -1420,18 +1436,22 @@ LAYOUT_MAX_SIZE = 0xFFFFFFFF  # bytes: 4 GiB - 1
 
 
 def size_argument(text: str) -> int:
-    """Parse --size: bytes, more than 0, within what the layout can describe,
-    and within shmmax and shmall."""
-    size = int_argument(text)
-    shmmax, shmall = read_kernel_limit("shmmax"), read_kernel_limit("shmall")
-    pages = -(-size // PAGE_SIZE)
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: a segment needs at least one byte")
-    if size > LAYOUT_MAX_SIZE:
+    """Parse --size of processa and processb: a segment size (segment_size_argument)
+    that the message layout can also describe."""
+    if int_argument(text) > LAYOUT_MAX_SIZE:
         raise argparse.ArgumentTypeError(
             f"{text} bytes is more than {LAYOUT_MAX_SIZE} (4 GiB - 1): the message layout"
             " stores sizes in 32 bits")
-    if size > shmmax or pages > shmall:
+    return segment_size_argument(text)
+
+
+def segment_size_argument(text: str) -> int:
+    """Parse a segment size: bytes, more than 0, within shmmax and shmall."""
+    size = int_argument(text)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: a segment needs at least one byte")
+    shmmax, shmall = read_kernel_limit("shmmax"), read_kernel_limit("shmall")
+    if size > shmmax or -(-size // PAGE_SIZE) > shmall:
         raise argparse.ArgumentTypeError(
             f"{text} bytes is beyond this system's limit (shmmax {shmmax} bytes,"
             f" shmall {shmall} pages in /proc/sys/kernel)")
@@ -1449,6 +1469,19 @@ def mode_argument(text: str) -> int:
     return mode
 
 
+def seconds_argument(text: str) -> float:
+    """Parse a number of seconds: finite, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
+    # float() also takes "nan" and "inf": nan compares false with everything,
+    # so a deadline of nan is never reached, and inf is not a limit either.
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
+    return seconds + 0.0  # -0 becomes 0, which is how it is said
+
+
 def int_argument(text: str) -> int:
     """Parse an integer written in decimal or with a 0x, 0o or 0b prefix."""
     try:
@@ -1464,6 +1497,11 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proj-id", type=proj_id_argument, default=comm.PROJ_ID, metavar="N",
                         help="project id for ftok(3); only its low 8 bits count"
                              f" (default: {comm.PROJ_ID:#x})")
+    add_verbosity_options(parser)
+
+
+def add_verbosity_options(parser: argparse.ArgumentParser) -> None:
+    """Add -v and -q, which say how much to log."""
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log Debug lines too")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="log warnings only")
 
@@ -1591,11 +1629,18 @@ def ipcs_time(seconds: int) -> str:
     return f"{time.ctime(seconds) if seconds else 'Not set':<26.24s}"
 
 
+NEGATIVE_KEY_NOTE = ("; negative, and valid all the same: only -1 means failure. The tutorial"
+                     " tested `n < 0`, took this key for a failure and printed errno, which"
+                     " nobody had set: \"filed ftok:Success\"")
+
+
 def command_key(args: argparse.Namespace) -> int:
-    """Print our key as ipcs shows it; -v also spells out the formula."""
+    """Print our key as ipcs shows it; -v also spells out the formula, and the
+    key as the signed key_t that C code holds."""
     key = key_from_arguments(args)
     log.debug("ftok(%r, %#x) = %s = %s", args.path, args.proj_id, show_key(key),
               ftok_formula(args.path, args.proj_id))
+    log.debug("as a key_t, a signed int: %d%s", key, NEGATIVE_KEY_NOTE if key < 0 else "")
     print(show_key(key))
     return ExitCode.OK
 
@@ -1612,7 +1657,8 @@ def command_ls(_args: argparse.Namespace) -> int:
 
 
 def command_stat(args: argparse.Namespace) -> int:
-    """Print every field of one segment's shmid_ds in the layout of ipcs -m -i."""
+    """Print every field of one segment's shmid_ds in the layout of ipcs -m -i,
+    then its mode in decimal, as the tutorial printed it."""
     # Found among all segments, as ipcs finds it, so no read permission is needed.
     status = next((found for shmid, found in all_segments() if shmid == args.shmid), None)
     if status is None:
@@ -1627,6 +1673,9 @@ def command_stat(args: argparse.Namespace) -> int:
     print(f"det_time={ipcs_time(status.shm_dtime)}")
     print(f"change_time={ipcs_time(status.shm_ctime)}")
     print()
+    # The tutorial printed shm_perm.mode with cout, in decimal, and got 438.
+    print(f"mode in decimal: {perm.mode} (as the tutorial printed it, \"shm mode:{perm.mode}\";"
+          f" octal {show_mode(perm.mode)})")
     return ExitCode.OK
 
 
@@ -1668,8 +1717,8 @@ def parse_in_range(text: str, any_base: bool, bounds: tuple[int, int], what: str
     return value
 
 
-def rm_shmid_argument(text: str) -> int:
-    """Parse a SHMID of `rm` as ipcrm -m does."""
+def shmid_argument(text: str) -> int:
+    """Parse a SHMID as ipcrm -m does."""
     return parse_in_range(text, False, INT_RANGE, "argument")
 
 
@@ -1740,6 +1789,271 @@ def command_clean(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# --- 17. The experiments: one command per call ----------------------------------------
+#
+# The tutorial ran each experiment by editing its program and running it
+# again. Here each experiment is a command, a few lines on top of Part I, and
+# what the kernel says is its output; `make lessons` runs them in the
+# tutorial's order:
+#
+#   create   shmget(key, size, IPC_CREAT|IPC_EXCL|mode), exactly as asked: by
+#            default with mode 0, like the tutorial's first segment (perms 0).
+#            Run it twice: EEXIST, because the segment outlived the first run.
+#   attach   shmat, then hold; shmdt: nattch before and after, and the length
+#            of the mapping in whole pages (4097 bytes take two).
+#   write    the tutorial's writer: TEXT and a terminating NUL at offset 0.
+#   read     the tutorial's reader: the C string at offset 0; --every is its
+#            loop, which repeats what it has seen and misses what it has not.
+#   chmod    shmctl(IPC_SET), which the tutorial names and never uses: it
+#            opens a perms-0 segment without making it again.
+#
+# All but create take a SHMID, the user's handle, as ipcrm does. The errors
+# a learner meets are said in one line: no segment with that shmid (exit 1),
+# or one whose mode does not let this user in (exit 4), with the chmod that
+# opens it. IPC_STAT and shmat need read permission even for the owner, but
+# IPC_SET needs only ownership: so the owner of a perms-0 segment can open it.
+
+READ, WRITE = 0o4, 0o2  # permission bits, as in each class of a mode (r--, -w-)
+CHANGE = 0              # not a permission: IPC_SET asks for ownership instead
+
+
+def shmm_command(*words: object) -> str:
+    """Return a command line that runs this file with words, from any directory."""
+    here = os.path.abspath(__file__)
+    return " ".join(["python3", shlex.quote(here), *(shlex.quote(str(word)) for word in words)])
+
+
+def status_in_proc(shmid: int) -> shmid_ds | None:
+    """Return what /proc/sysvipc/shm, which every user may read, says of shmid;
+    None if no segment has it."""
+    return next((status for found, status in segments_in_proc() if found == shmid), None)
+
+
+def why_not_allowed(shmid: int, access: int) -> str:
+    """Say why this user may not use shmid for access (READ, READ | WRITE or
+    CHANGE), and the command that lets them, if they can run it."""
+    status = status_in_proc(shmid)
+    if status is None:
+        return f"shmid {shmid} is gone"
+    perm = status.shm_perm
+    mode, owner = perm.mode & 0o777, f"{user_name(perm.uid)} (uid {perm.uid})"
+    ours = os.geteuid() in (perm.uid, perm.cuid)
+    if access == CHANGE:
+        return (f"only the owner or creator of shmid {shmid}, {owner}, or root may change it"
+                " (IPC_SET); run chmod as that user")
+    what = "read and write" if access & WRITE else "read"
+    if ours:
+        return (f"shmid {shmid} has mode {show_mode(mode)}, which does not let even its owner"
+                f" {what} it; you own it, so you can open it with"
+                f" `{shmm_command('chmod', shmid, f'{mode | 0o600:04o}')}`"
+                " (IPC_SET needs ownership, not read permission)")
+    # ipcperms() in ipc/util.c: the owner's bits, else the group's, else the others'.
+    ours_by_group = perm.gid == os.getegid() or perm.gid in os.getgroups()
+    opened = mode | access << (3 if ours_by_group else 0)
+    return (f"shmid {shmid} belongs to {owner}, and its mode {show_mode(mode)} does not let uid"
+            f" {os.geteuid()} {what} it; only its owner (or root) can open it to you, with"
+            f" `{shmm_command('chmod', shmid, f'{opened:04o}')}`")
+
+
+@contextlib.contextmanager
+def explained(shmid: int, access: int) -> Iterator[None]:
+    """Turn a call on shmid that fails because there is no such segment, or
+    because this user may not use it, into one line saying so."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.EINVAL, errno.EIDRM):
+            raise Refused(ExitCode.FAILURE, f"{describe(err)}: no segment has shmid {shmid} (it"
+                          f" was never made, or it was removed); `{shmm_command('ls')}`"
+                          " lists those that exist") from None
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise Refused(ExitCode.PERMISSION_DENIED,
+                          f"{describe(err)}: {why_not_allowed(shmid, access)}") from None
+        raise
+
+
+def attach_by_id(shmid: int, readonly: bool) -> Segment:
+    """Attach the segment with this shmid, or say in one line why not."""
+    segment = Segment(shmid, IPC_PRIVATE, created=False)  # found by its shmid: no key needed
+    with explained(shmid, READ if readonly else READ | WRITE), signals_deferred():
+        segment.attach(readonly)
+    return segment
+
+
+@contextlib.contextmanager
+def attached(shmid: int, readonly: bool) -> Iterator[memoryview]:
+    """Attach the segment with this shmid for the length of the block."""
+    segment = attach_by_id(shmid, readonly)
+    try:
+        yield segment.memory
+    finally:
+        with signals_deferred():
+            segment.detach()
+
+
+def who_has(key: int) -> str:
+    """Name the segment in the way at key and the command that removes it, or
+    who alone can remove it."""
+    try:
+        shmid = shmget(key, 0, 0)  # asks for no permission, so finds it even with perms 0
+    except FileNotFoundError:
+        return f"the segment at key {show_key(key)} has gone since; run create again"
+    status = status_in_proc(shmid)
+    if status is None:
+        return f"shmid {shmid}, at key {show_key(key)}, has gone since; run create again"
+    perm = status.shm_perm
+    where = (f"key {show_key(key)} has shmid {shmid} already (a segment outlives the process"
+             " that made it)")
+    if os.geteuid() in (0, perm.uid, perm.cuid):
+        return (f"{where}; remove it with `{shmm_command('rm', shmid)}` (or ipcrm -m {shmid}),"
+                " or pick another key with --proj-id")
+    return (f"{where}, which belongs to {user_name(perm.uid)} (uid {perm.uid}): only they can"
+            " remove it; pick another key with --proj-id or --path")
+
+
+def command_create(args: argparse.Namespace) -> int:
+    """Create a segment with shmget(IPC_CREAT | IPC_EXCL | mode); print its shmid."""
+    key = key_from_arguments(args)
+    flags = IPC_CREAT | IPC_EXCL | args.mode
+    with signals_deferred():  # once it exists, its shmid is printed before a signal ends us
+        try:
+            shmid = shmget(key, args.size, flags)
+        except FileExistsError as err:
+            raise Refused(ExitCode.SEGMENT_CONFLICT, f"{describe(err)}: {who_has(key)}") from None
+        log.info("%s = shmid %d", show_call("shmget", dict.fromkeys(("key", "size", "shmflg")),
+                                            (key, args.size, flags)), shmid)
+        try:
+            print(shmid, flush=True)
+        except OSError:  # nobody would learn its shmid: undo
+            Segment(shmid, key, created=True).remove()
+            raise
+    return ExitCode.OK
+
+
+def mapped_length(address: int) -> int:
+    """Return the length of our mapping that starts at address (/proc/self/maps)."""
+    with open("/proc/self/maps") as maps:  # lines: start-end perms offset dev inode path
+        for line in maps:
+            start, end = (int(bound, 16) for bound in line.split()[0].split("-"))
+            if start == address:
+                return end - start
+    raise Refused(ExitCode.FAILURE, f"/proc/self/maps shows no mapping at {address:#x}")
+
+
+HOLD_STEP = 86400.0  # seconds poll(2) waits at most at a time: a longer timeout overflows
+
+
+def hold(seconds: float | None) -> None:
+    """Return at a line on stdin, or once seconds have passed (None: never). End
+    of input does not end the hold; a stop signal does, as Interrupted."""
+    deadline = time.monotonic() + (math.inf if seconds is None else seconds)
+    stdin = select.poll()
+    stdin.register(0, select.POLLIN)
+    while time.monotonic() < deadline:
+        if not stdin.poll(min(deadline - time.monotonic(), HOLD_STEP) * 1000):
+            continue
+        chunk = os.read(0, 4096)
+        if b"\n" in chunk:
+            return
+        if not chunk:
+            log.info("end of input: holding on, until --for or a stop signal (Ctrl-C)")
+            stdin.unregister(0)  # poll() now only sleeps
+
+
+def after_detach(segment: Segment) -> str:
+    """Say what IPC_STAT reports once we have detached, while we still run."""
+    try:
+        nattch = segment.status().shm_nattch
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EIDRM):
+            raise
+        return ("shmdt: detached; the segment is gone: it had been removed (IPC_RMID), and"
+                " this was its last attach")
+    return f"shmdt: detached; nattch {nattch}, while this process (pid {os.getpid()}) still runs"
+
+
+def command_attach(args: argparse.Namespace) -> int:
+    """Attach a segment, show the mapping and nattch, hold it, detach, show nattch."""
+    segment = attach_by_id(args.shmid, readonly=False)
+    try:
+        length, size = mapped_length(segment.address), segment.status().shm_segsz
+        print(f"shmat: shmid {args.shmid} at {segment.address:#x}")
+        print(f"mapped: {length} bytes = {counted(length // PAGE_SIZE, 'page')} of {PAGE_SIZE}"
+              f" (/proc/self/maps), for a segment of {size} bytes")
+        print(f"nattch {segment.status().shm_nattch} (IPC_STAT)", flush=True)
+        until = "" if args.seconds is None else f", or {args.seconds:g} s (--for),"
+        log.info("holding shmid %d: a line on stdin (Enter)%s or Ctrl-C ends it", args.shmid,
+                 until)
+        hold(args.seconds)
+    finally:
+        with signals_deferred():
+            segment.detach()
+            print(after_detach(segment), flush=True)
+    return ExitCode.OK
+
+
+def command_write(args: argparse.Namespace) -> int:
+    """Copy TEXT and a terminating NUL to the start of a segment, as the tutorial's writer."""
+    text = os.fsencode(args.text)  # the argument's bytes, whatever they are
+    with attached(args.shmid, readonly=False) as memory:
+        if len(text) + 1 > len(memory):
+            raise Refused(ExitCode.USAGE, f"TEXT has {counted(len(text), 'byte')}, {len(text) + 1}"
+                          f" with its terminating NUL: more than the {len(memory)} bytes of"
+                          f" shmid {args.shmid}; write less, or create a larger segment"
+                          " (create --size)")
+        if bytes(memory[:len(MAGIC)]) == MAGIC:
+            raise Refused(ExitCode.SEGMENT_CONFLICT,
+                          f"shmid {args.shmid} starts with processa's header ({MAGIC.decode()}):"
+                          " a C string would overwrite it; write into a segment of your own,"
+                          f" made with `{shmm_command('create')}`")
+        write_c_string(memory, text)
+    log.info("wrote %s and a NUL at offset 0 of shmid %d", counted(len(text), "byte"),
+             args.shmid)
+    return ExitCode.OK
+
+
+def command_read(args: argparse.Namespace) -> int:
+    """Print the C string at the start of a segment; --every: again and again,
+    attached all the while, as the tutorial's first reader."""
+    with attached(args.shmid, readonly=True) as memory:
+        while True:
+            sys.stdout.buffer.write(read_c_string(memory) + b"\n")
+            sys.stdout.flush()
+            if args.every is None:
+                return ExitCode.OK
+            time.sleep(args.every)
+
+
+def current_perm(shmid: int) -> ipc_perm:
+    """Return the ipc_perm of shmid: from IPC_STAT, or, where that is refused
+    (it needs read permission, even for the owner), from /proc/sysvipc/shm."""
+    status = shmid_ds()
+    try:
+        shmctl(shmid, IPC_STAT, ctypes.byref(status))
+    except PermissionError:
+        status = status_in_proc(shmid)
+        if status is None:
+            raise Refused(ExitCode.FAILURE, f"shmid {shmid} is gone") from None
+    return status.shm_perm
+
+
+def command_chmod(args: argparse.Namespace) -> int:
+    """Set the permission bits of a segment with shmctl(IPC_SET), keeping its owner."""
+    # IPC_SET sets uid, gid and mode at once, so the buffer carries the
+    # current owner. Someone who changes the owner between our look and the
+    # call would see that change undone; the kernel offers nothing atomic.
+    with explained(args.shmid, CHANGE):
+        perm = current_perm(args.shmid)
+        wanted = shmid_ds()
+        wanted.shm_perm.uid, wanted.shm_perm.gid, wanted.shm_perm.mode = perm.uid, perm.gid, args.mode
+        shmctl(args.shmid, IPC_SET, ctypes.byref(wanted))
+    print(f"shmid {args.shmid}: mode {show_mode(perm.mode & 0o777)} -> {args.mode:04o}")
+    return ExitCode.OK
+
+
+# --- 18. The entry point ------------------------------------------------------------------
+
+
 def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     """Parse `shmm.py SUBCOMMAND ...`; --help prints this module's docstring."""
     parser = argparse.ArgumentParser(prog="shmm.py", description=__doc__,
@@ -1755,13 +2069,45 @@ def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     show.set_defaults(run=command_stat, verbose=0, quiet=0)
     rm = commands.add_parser("rm", help="remove segments, like ipcrm -m SHMID or -M KEY")
     target = rm.add_mutually_exclusive_group(required=True)
-    target.add_argument("shmids", type=rm_shmid_argument, nargs="*", default=[], metavar="SHMID")
+    target.add_argument("shmids", type=shmid_argument, nargs="*", default=[], metavar="SHMID")
     target.add_argument("--key", type=key_argument, help="remove the segment at this key")
     rm.set_defaults(run=command_rm, verbose=0, quiet=0)
     clean = commands.add_parser("clean", help="remove what a crashed processa left at our key")
     add_key_options(clean)
     clean.set_defaults(run=command_clean)
+    add_experiments(commands)
     return parser.parse_args(argv)
+
+
+def add_experiments(commands: Any) -> None:
+    """Add the subcommands of section 17, one for each call."""
+    create = commands.add_parser("create", help="shmget(IPC_CREAT|IPC_EXCL|mode); print the shmid")
+    add_key_options(create)
+    create.add_argument("--size", type=segment_size_argument, default=comm.SEGMENT_SIZE,
+                        metavar="BYTES", help="segment size in bytes (default: %(default)s)")
+    create.add_argument("--mode", type=mode_argument, default=0, metavar="OCTAL",
+                        help="permission bits (default: 0, as the tutorial's first shmget)")
+    create.set_defaults(run=command_create)
+    attach = commands.add_parser("attach", help="shmat, show the mapping and nattch, hold, shmdt")
+    attach.add_argument("shmid", type=shmid_argument)
+    attach.add_argument("--for", type=seconds_argument, dest="seconds", metavar="SECONDS",
+                        help="detach after this long (default: at a line on stdin, or Ctrl-C)")
+    attach.set_defaults(run=command_attach)
+    write = commands.add_parser("write", help="copy TEXT and a NUL to the start of a segment")
+    write.add_argument("shmid", type=shmid_argument)
+    write.add_argument("text", metavar="TEXT")
+    write.set_defaults(run=command_write)
+    read = commands.add_parser("read", help="print the C string at the start of a segment")
+    read.add_argument("shmid", type=shmid_argument)
+    read.add_argument("--every", type=seconds_argument, metavar="SECONDS",
+                      help="stay attached and print it again every SECONDS, until Ctrl-C")
+    read.set_defaults(run=command_read)
+    chmod = commands.add_parser("chmod", help="set a segment's mode with shmctl(IPC_SET)")
+    chmod.add_argument("shmid", type=shmid_argument)
+    chmod.add_argument("mode", type=mode_argument, metavar="MODE")
+    chmod.set_defaults(run=command_chmod)
+    for parser in (attach, write, read, chmod):
+        add_verbosity_options(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

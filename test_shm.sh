@@ -1245,6 +1245,10 @@ private.remove()' "$1" "$2" <"$work/fixture.in"
 }
 fixture_ready_or_ended() { grep -q ready "$work/fixture.out" || ended fixture; }
 
+# all_but_the_last_line COMMAND...: what COMMAND prints, but its last line
+# (shmm.py stat's mode in decimal, which ipcs does not print).
+all_but_the_last_line() { "$@" | sed '$d'; }
+
 test_shmm_ls_and_stat_equal_ipcs_for_odd_private_and_removed_segments() {
     next_key
     local first_key=$key held=() id
@@ -1256,9 +1260,13 @@ test_shmm_ls_and_stat_equal_ipcs_for_odd_private_and_removed_segments() {
         return 1
     must "shmm.py ls to equal ipcs -m" same_output ipcs -m -- shmm ls || return 1
     for id in "${held[@]}"; do
-        must "shmm.py stat $id to equal ipcs -m -i $id" same_output ipcs -m -i "$id" -- shmm stat "$id" ||
-            return 1
+        must "shmm.py stat $id to equal ipcs -m -i $id" same_output ipcs -m -i "$id" -- \
+            all_but_the_last_line shmm stat "$id" || return 1
     done
+    # Its last line: the mode as the tutorial printed it, in decimal (0640 is 416).
+    must "shmm.py stat to end with the mode in decimal" [ "$(shmm stat "${held[0]}" | tail -n 1)" \
+        == 'mode in decimal: 416 (as the tutorial printed it, "shm mode:416"; octal 0640)' ] ||
+        return 1
     exec {input}>&-
     finish fixture 0 || return 1
     must "the fixture's segments gone" segment_gone "${held[0]}"
@@ -1282,7 +1290,8 @@ test_shmm_ls_and_stat_equal_ipcs_where_shm_stat_any_is_refused() {
         same_output ipcs -m -- shmm_without_stat_any ls || return 1
     for id in "${held[@]}"; do
         must "shmm.py stat $id without SHM_STAT_ANY to equal ipcs -m -i $id" \
-            same_output ipcs -m -i "$id" -- shmm_without_stat_any stat "$id" || return 1
+            same_output ipcs -m -i "$id" -- all_but_the_last_line shmm_without_stat_any stat "$id" ||
+            return 1
     done
     # SHM_STAT would hide root's 0600 segments from nobody; ipcs shows them.
     if [[ -z $(why_not_nobody) ]]; then
