@@ -4,13 +4,13 @@
 #     make run-a                  make run-b
 # Options pass through ARGS, e.g. make run-a ARGS="--proj-id 0x47 --size 8192"
 # (watch and clean take the key options only: --path and --proj-id; demo
-# takes none, and runs at the default key).
+# takes none, and runs at the default key; lessons takes a lesson's number).
 
 PYTHON ?= python3
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run-a run-b demo test check-aarch64 bench watch clean
+.PHONY: help run-a run-b demo lessons test check-aarch64 bench watch clean
 
 help: ## list the targets
 	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / { printf "  make %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ demo: ## both in this shell: three lines through the segment, ipcs -m while atta
 	  for i in $$(seq 100); do ipcs -m | grep -q "^$$key .* 2 " && break; sleep 0.1; done; \
 	  ipcs -m | sed -n "3p;/^$$key/p" >&2; echo bye; } | $(PYTHON) processb.py -q; \
 	wait; echo "after both ended:"; ipcs -m | sed -n "3p;/^$$key/p"
+
+lessons: ## the tutorial's experiments, one by one, checked against the kernel (ARGS=N: lesson N)
+	PYTHON=$(PYTHON) ./lessons.sh $(ARGS)
 
 test: ## run the test suite against the real system (ipcs, /proc/sysvipc/shm)
 	./test_shm.sh

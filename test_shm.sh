@@ -1365,21 +1365,13 @@ why_no_tutorial_programs() {
 }
 
 # build_tutorial_programs: a and b in $work/cpp, from the last C++ listing
-# of the tutorial, with its ftok path changed to ours and nothing else.
+# of the tutorial, with its ftok path changed to ours and nothing else
+# (lessons.sh, whose lesson 11 runs them, knows how).
 build_tutorial_programs() {
     [[ -x $work/cpp/a ]] && return 0
-    mkdir -p "$work/cpp"
-    # shellcheck disable=SC2016 # the backquotes are Markdown's, in Python
-    py 'import re, sys
-text = open(sys.argv[1], encoding="utf-8").read()
-listing = re.findall(r"```cpp\n(.*?)```", text, re.S)[-1]
-parts = re.split(r"^// (\S+\.(?:hpp|h|cc))\n", listing, flags=re.M)
-for name, body in zip(parts[1::2], parts[2::2]):
-    with open(f"{sys.argv[2]}/{name}", "w") as source:
-        source.write(body.replace("\"/home/wind\"", f"\"{sys.argv[3]}\""))' \
-        "$seed_text" "$work/cpp" "$work" || return 1
-    must "the ftok path to be ours" grep -q "PATHNAME \"$work\"" "$work/cpp/shmm.hpp" || return 1
-    (cd "$work/cpp" && g++ a.cc -o a && g++ b.cc -o b) 2>"$work/g++.err"
+    SEED_TEXT=$seed_text PYTHON=$PYTHON "$here/lessons.sh" --build-tutorial "$work/cpp" "$work" \
+        >"$work/g++.err" 2>&1 || { sed 's/^/#   /' "$work/g++.err"; return 1; }
+    must "the ftok path to be ours" grep -q "PATHNAME \"$work\"" "$work/cpp/shmm.hpp"
 }
 
 # lines_arrive_one_by_one READER: type two lines on $input, each once READER
