@@ -116,6 +116,7 @@ lesson=0 step=0 status=0 output=""
 # what cleanup says goes to the script's own stdout, kept here.
 exec {stdout}>&1
 keys=()              # every key a lesson used
+skipped=()           # the lessons that could not run here
 held=()              # the FIFOs this script holds open for its background processes
 declare -A pids=()   # background processes by name
 declare -A shown=()  # lines of each one's output shown so far
@@ -173,7 +174,12 @@ show_new() {
 
 # disagree WHAT: stop the lessons: the kernel did not do what the lesson says.
 disagree() {
+    local name
     printf 'lessons.sh: lesson %s: %s\n' "$lesson" "$1" >&2
+    for name in "${!pids[@]}"; do
+        printf '  what %s (pid %s) printed last:\n' "$name" "${pids[$name]}" >&2
+        tail -n 5 "$logs/$name" | sed 's/^/    /' >&2
+    done
     exit 1
 }
 
@@ -633,11 +639,11 @@ lesson_10() {
     expect "lines it printed in all" 3 "$(grep -c '^Message received: ' "$logs/a")"
 
     say "The same with our two FIFOs: processb never fills a slot that processa has not handed" \
-        "back. With two slots, it puts the three lines into one and its END frame into the other," \
-        "and then waits:"
+        "back. With four slots, there is room for the three lines (printf writes them one by one:" \
+        "one frame, or up to three) and the END frame; then processb must wait:"
     fresh_key
     hold in10b
-    start a "processa.py --slots 2 --path . --proj-id $proj"
+    start a "processa.py --slots 4 --path . --proj-id $proj"
     wait_until "processa to listen" grep -q "waiting for processb" "$logs/a"
     show_new a
     start b "processb.py -v --path . --proj-id $proj <in10b"
@@ -667,6 +673,7 @@ lesson_11() {
     why=$(why_no_tutorial)
     if [[ -n $why ]]; then
         say "Skipped: $why."
+        skipped+=(11)
         return
     fi
     say "a.cc, b.cc, shmm.hpp and comm.h, as the tutorial's last listing has them (in" \
@@ -723,6 +730,7 @@ for lesson in $(seq "$first" "$last"); do
     printf '\n== Lesson %s: %s ==\n' "$lesson" "${titles[lesson]}"
     if [[ $forced == 1 && " $outliving " == *" $lesson "* ]]; then
         say "Skipped: shm_rmid_forced is 1."
+        skipped+=("$lesson")
         continue
     fi
     next_proj=$((lesson * 16))
@@ -731,8 +739,12 @@ for lesson in $(seq "$first" "$last"); do
         read -r -p "(Enter: the next lesson) "
     fi
 done
-if ((first == last)); then
+if ((${#skipped[@]} == last - first + 1)); then
+    printf '\nNothing ran: lesson %s skipped, as said above.\n' "${skipped[*]}"
+elif ((first == last)); then
     printf '\nLesson %s agreed with the kernel.\n' "$first"
+elif ((${#skipped[@]})); then
+    printf '\nEvery lesson that ran agreed with the kernel; skipped, as said above: %s.\n' "${skipped[*]}"
 else
     printf '\nEvery lesson agreed with the kernel.\n'
 fi
