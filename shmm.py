@@ -1839,8 +1839,9 @@ def why_not_allowed(shmid: int, access: int) -> str:
     mode, owner = perm.mode & 0o777, f"{user_name(perm.uid)} (uid {perm.uid})"
     ours = os.geteuid() in (perm.uid, perm.cuid)
     if access == CHANGE:
-        return (f"only the owner or creator of shmid {shmid}, {owner}, or root may change it"
-                " (IPC_SET); run chmod as that user")
+        creator = f" (or its creator, uid {perm.cuid})" if perm.cuid != perm.uid else ""
+        return (f"only the owner of shmid {shmid}, {owner}{creator}, or root may change its"
+                " mode (IPC_SET); run chmod as that user")
     what = "read and write" if access & WRITE else "read"
     if ours:
         return (f"shmid {shmid} has mode {show_mode(mode)}, which does not let even its owner"

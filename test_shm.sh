@@ -1867,6 +1867,426 @@ test_odd_settings_and_outputs_are_one_line_each() {
     must "no segment, no FIFOs" no_segment && no_fifos
 }
 
+# --- The lessons and the experiment commands ------------------------------------
+
+# lessons_left_nothing OUTPUT: the last line of lessons.sh in OUTPUT names the
+# keys it used and its directory: no segment at any of those keys, the
+# directory gone, and no process left working in it.
+lessons_left_nothing() {
+    local used dir k proc
+    used=$(sed -n 's/^lessons.sh: keys used: \(.*\); .* removed$/\1/p' "$1")
+    dir=$(sed -n 's/^lessons.sh: keys used: .*; \(.*\) removed$/\1/p' "$1")
+    must "lessons.sh to name its keys and its directory last" [ -n "$used" -a -n "$dir" ] ||
+        return 1
+    for k in $used; do
+        [[ $k == none ]] || must "no segment left at $k" [ -z "$(shmid_of "$k")" ] || return 1
+    done
+    must "$dir removed" [ ! -e "$dir" ] || return 1
+    for proc in /proc/[0-9]*; do
+        [[ $(readlink "$proc/cwd" 2>/dev/null) == "$dir"* ]] || continue
+        diag "expected: no process left in $dir, not ${proc#/proc/}: $(tr '\0' ' ' <"$proc/cmdline")"
+        return 1
+    done
+}
+
+# lesson_said N PATTERN: lesson N of $work/lessons.out printed a line that
+# matches PATTERN (grep -E).
+lesson_said() {
+    lesson_lines "$1" | grep -q -E -- "$2" && return 0
+    diag "expected: lesson $1 to print a line like '$2'"
+    return 1
+}
+lesson_lines() { awk -v n="$1:" '/^== Lesson / { on = ($3 == n) } on' "$work/lessons.out"; }
+
+# the_lessons_said: what the kernel said in each lesson, as the lessons show it.
+the_lessons_said() {
+    local page ipcs='^0x[0-9a-f]{8} +[0-9]+ +[^ ]+ +'
+    page=$(getconf PAGESIZE)
+    lesson_said 1 "^  ok: the key, as the formula gives it: 0x46" &&
+        lesson_said 1 "as a key_t, a signed int: -[0-9]+; negative" &&
+        lesson_said 2 "EEXIST \(File exists\): key 0x21[0-9a-f]{6} has shmid [0-9]+ already" &&
+        lesson_said 3 "^ipcrm: failed to parse argument: '0x31[0-9a-f]{6}'$" &&
+        lesson_said 4 "${ipcs}0 +4096 +0 " && lesson_said 4 "${ipcs}666 +4096 +0 " &&
+        lesson_said 4 "EACCES \(Permission denied\)|a normal user's view is skipped" &&
+        lesson_said 4 "^mode in decimal: 438 " &&
+        lesson_said 5 "${ipcs}600 +$((page + 1)) " &&
+        lesson_said 5 "^mapped: $((2 * page)) bytes = 2 pages of $page " || return 1
+    must "lesson 6: nattch 0 1 2 1 0 in ipcs -m" [ "$(lesson_lines 6 | awk '/^0x/ { print $6 }' |
+        paste -s -d ' ')" == "0 1 2 1 0" ] || return 1
+    must "lesson 7: the bytes, read by another process" lesson_said 7 "^hello, 共享内存$" || return 1
+    must "lesson 8: the second line twice, the first never, read" [ "$(lesson_lines 8 |
+        grep -x -E '(first|second) line' | paste -s -d ' ')" == "second line second line" ] ||
+        return 1
+    lesson_said 9 "^0x00000000 +[0-9]+ +[^ ]+ +600 +4096 +1 +dest" &&
+        lesson_said 9 "^ +1 after IPC_RMID$" && lesson_said 9 "^  ok: a new shmid" || return 1
+    must "lesson 10: the tutorial's FIFO printed the last line three times, ours every line" \
+        [ "$(lesson_lines 10 | sed -n 's/^Message received: //p' | paste -s -d ' ')" == \
+        "three three three one two three" ] || return 1
+    if [[ -z $(why_no_tutorial_programs) ]]; then
+        lesson_said 11 "^Message received: three$" &&
+            lesson_said 11 "^  ok: every line a.cc printed is the last one" || return 1
+    else
+        lesson_said 11 "^# Skipped: " || return 1
+    fi
+    must "the lessons to end agreeing with the kernel" grep -q -x -E \
+        "Every lesson (that ran )?agreed with the kernel.*" "$work/lessons.out"
+}
+
+# lessons_beside_a_processa_at_the_default_key: start a processa at the
+# default key (no --path, no --proj-id), unless a segment is there already;
+# run make lessons; check what they said, what they left, and that processa
+# still listens and gets a message.
+lessons_beside_a_processa_at_the_default_key() {
+    local default_key status
+    default_key=$(shmm key -q)
+    if [[ -n $(shmid_of "$default_key") ]]; then
+        diag "not checked: the lessons beside a processa at the default key $default_key, which has a segment already"
+    else
+        start_command default env --default-signal=INT "$PYTHON" "$here/processa.py"
+        must "processa at the default key to listen" wait_for logged default "waiting for processb" ||
+            return 1
+        shmids+=("$(shmid_of "$default_key")")
+    fi
+    make -C "$here" lessons PYTHON="$PYTHON" </dev/null >"$work/lessons.out" 2>&1
+    status=$?
+    if [[ $status != 0 ]]; then
+        diag "expected: make lessons to exit 0, not $status; its last lines:"
+        tail -n 15 "$work/lessons.out" | sed 's/^/#   /'
+        return 1
+    fi
+    the_lessons_said && lessons_left_nothing "$work/lessons.out" || return 1
+    [[ -n ${pid[default]:-} ]] || return 0
+    must "processa at the default key to listen still" running default || return 1
+    echo "after the lessons" >"$work/sender.in"
+    start_command sender "$PYTHON" "$here/processb.py" <"$work/sender.in"
+    finish sender 0 && finish default 0 || return 1
+    must "the message to arrive" grep -q -x "Message received: after the lessons" "$work/default.out"
+}
+
+test_make_lessons_shows_what_the_kernel_says_leaves_nothing_and_spares_processa() {
+    local lock status
+    # Parallel runs of the suite share the default key: one at a time here.
+    exec {lock}>>"/tmp/shmm-test-default-key-$(id -u).lock"
+    if ! flock -w "$deadline" "$lock"; then
+        exec {lock}>&-
+        skip "another run of the suite held /tmp/shmm-test-default-key-$(id -u).lock for $deadline s"
+        return 0
+    fi
+    lessons_beside_a_processa_at_the_default_key
+    status=$?
+    exec {lock}>&-
+    return $status
+}
+
+test_ctrl_c_in_the_middle_of_a_lesson_leaves_nothing_behind() {
+    local case lesson marker
+    for case in "6:<hold2 &" "9:every.txt &" "10:kill -STOP" "11:./b <in11"; do
+        lesson=${case%%:*} marker=${case#*:}
+        [[ $lesson == 11 && -n $(why_no_tutorial_programs) ]] && continue
+        # In a process group of its own, as a terminal has it: Ctrl-C
+        # sends SIGINT to the whole foreground group.
+        start_command lessons setsid env --default-signal=INT PYTHON="$PYTHON" \
+            SEED_TEXT="$seed_text" "$here/lessons.sh" "$lesson" </dev/null
+        must "lesson $lesson to reach '$marker'" wait_for grep -q -F -- "$marker" \
+            "$work/lessons.out" || return 1
+        kill -INT -- -"${pid[lessons]}"
+        finish lessons 130 || return 1
+        lessons_left_nothing "$work/lessons.out" || return 1
+    done
+}
+
+# in_private_ipc COMMAND...: run COMMAND in an IPC namespace of its own (as
+# root, or as a normal user mapped to root in a user namespace), whose
+# segments and sysctls nobody else sees.
+in_private_ipc() {
+    if [[ $(id -u) == 0 ]]; then unshare -i "$@"; else unshare -r -i "$@"; fi
+}
+
+test_where_segments_die_with_their_process_the_lessons_that_need_them_are_skipped() {
+    if ! in_private_ipc sh -c 'echo 1 >/proc/sys/kernel/shm_rmid_forced' 2>/dev/null; then
+        skip "no IPC namespace of our own to set shm_rmid_forced in (unshare -i)"
+        return 0
+    fi
+    # shellcheck disable=SC2016 # expanded by that bash, from its arguments
+    in_private_ipc bash -c 'echo 1 >/proc/sys/kernel/shm_rmid_forced && "$0" 3 && "$0" 10' \
+        "$here/lessons.sh" </dev/null >"$work/lessons.out" 2>&1
+    must "lessons 3 and 10 to exit 0, not $?" [ $? == 0 ] || return 1
+    must "one line saying why" grep -q "shm_rmid_forced is 1: a segment dies with its last process" \
+        "$work/lessons.out" || return 1
+    must "lesson 3 skipped" lesson_said 3 "^# Skipped: shm_rmid_forced is 1" || return 1
+    must "lesson 10 run" grep -q -x "Lesson 10 agreed with the kernel." "$work/lessons.out"
+}
+
+# make_experiment [OPTIONS]: shmm.py create at this test's key; set id to
+# its shmid, and record it for cleanup.
+make_experiment() {
+    id=$(shmm create --path "$work" --proj-id "$proj" "$@" 2>"$work/create.err") &&
+        shmids+=("$id") && return 0
+    diag "shmm.py create $* failed:" && sed 's/^/#   /' "$work/create.err"
+    return 1
+}
+
+test_create_prints_its_shmid_and_a_second_create_is_eexist_with_advice_that_works() {
+    next_key
+    make_experiment || return 1
+    must "stdout to hold the shmid alone, not '$id'" grep -q -x '[0-9][0-9]*' <<<"$id" || return 1
+    must "the call logged" logged create \
+        "shmget(key=$key, size=4096, shmflg=IPC_CREAT|IPC_EXCL) = shmid $id$" || return 1
+    must "perms 0 (no mode, as the tutorial's), 4096 bytes" [ "$(ipcs_field "$key" 4)" == 0 -a \
+        "$(ipcs_field "$key" 5)" == 4096 ] || return 1
+    shmm create --path "$work" --proj-id "$proj" >"$work/again.out" 2>"$work/again.err"
+    must "exit status 3 for the second create, not $?" [ $? == 3 ] || return 1
+    must "one error line: EEXIST, naming the shmid" one_error again \
+        "EEXIST (File exists): key $key has shmid $id already" || return 1
+    must "nothing on stdout" [ ! -s "$work/again.out" ] || return 1
+    local advice
+    # shellcheck disable=SC2016 # the backquotes are the message's
+    advice=$(sed -n 's/.*remove it with `\([^`]*\)`.*/\1/p' "$work/again.err")
+    (cd / && eval "$advice") 2>"$work/advice.err"
+    must "the advice, '$advice', followed from /, to remove it" segment_gone "$id" || return 1
+    make_experiment --mode 0640 --size 5000 || return 1
+    must "then create to work again, as asked: perms 640, 5000 bytes" \
+        [ "$(ipcs_field "$key" 4)" == 640 -a "$(ipcs_field "$key" 5)" == 5000 ] || return 1
+    ipcrm -m "$id"
+}
+
+test_create_refuses_size_0_and_sizes_beyond_the_kernel_limits_but_not_the_layout_s() {
+    next_key
+    local bad
+    for bad in 0 -1 abc 18446744073709551616; do
+        shmm create --path "$work" --proj-id "$proj" --size "$bad" >"$work/s.out" 2>"$work/s.err"
+        must "--size $bad: exit status 2, not $?" [ $? == 2 ] || return 1
+        must "--size $bad: one error line" one_error s "argument --size: $bad" || return 1
+    done
+    must "the size 2**64 said to be beyond the limit" one_error s "beyond this system's limit" ||
+        return 1
+    shmm create --path "$work" --proj-id "$proj" --size 0 2>"$work/s.err"
+    must "the size 0 said to be too small" one_error s "a segment needs at least one byte" ||
+        return 1
+    must "no segment made" no_segment || return 1
+    # 4 GiB and more: too big for processa's message layout, not for create.
+    py 'import argparse, shmm
+big = (4 << 30) + 128
+if big <= shmm.read_kernel_limit("shmmax"):
+    assert shmm.segment_size_argument(str(big)) == big
+try:
+    shmm.size_argument(str(big))
+except argparse.ArgumentTypeError as err:
+    assert "message layout" in str(err), err
+else:
+    raise AssertionError("processa took 4 GiB + 128 bytes")' 2>"$work/py.err"
+    must "create to take 4 GiB + 128 bytes where processa does not" [ $? == 0 ] ||
+        { sed 's/^/#   /' "$work/py.err"; return 1; }
+}
+
+test_attach_maps_whole_pages_holds_until_a_line_for_or_a_signal_and_shows_nattch() {
+    local page
+    page=$(getconf PAGESIZE)
+    next_key
+    make_experiment --size $((page + 1)) --mode 0600 || return 1
+    shmm attach "$id" --for 0 </dev/null >"$work/at.out" 2>"$work/at.err"
+    must "attach --for 0: exit status 0, not $?" [ $? == 0 ] || return 1
+    must "$((page + 1)) bytes mapped as 2 pages" grep -q -x -F "mapped: $((2 * page)) bytes = 2 pages of $page (/proc/self/maps), for a segment of $((page + 1)) bytes" \
+        "$work/at.out" || return 1
+    must "nattch 1 while attached" grep -q -x "nattch 1 (IPC_STAT)" "$work/at.out" || return 1
+    must "nattch 0 after shmdt, while the process still runs" grep -q -x \
+        "shmdt: detached; nattch 0, while this process (pid [0-9]*) still runs" "$work/at.out" ||
+        return 1
+    # End of input does not end the hold; a signal does, after shmdt.
+    start_command holder env --default-signal=INT "$PYTHON" "$here/shmm.py" attach "$id" \
+        --for 600 </dev/null
+    must "the holder to hold on at the end of its input" wait_for logged holder \
+        "end of input: holding on" || return 1
+    must "nattch 1" nattch_is 1 || return 1
+    kill -INT "${pid[holder]}"
+    finish holder 130 || return 1
+    must "the holder to detach, then say nattch 0" grep -q "^shmdt: detached; nattch 0" \
+        "$work/holder.out" || return 1
+    must "nattch 0" nattch_is 0 || return 1
+    # A line on stdin ends it; kill -9 detaches too, by the kernel.
+    open_input holder
+    start_command holder "$PYTHON" "$here/shmm.py" attach "$id" <"$work/holder.in"
+    must "nattch 1" wait_for nattch_is 1 || return 1
+    echo >&"$input"
+    finish holder 0 || return 1
+    start_command holder "$PYTHON" "$here/shmm.py" attach "$id" --for 0.1 </dev/null
+    finish holder 0 || return 1
+    start_command holder "$PYTHON" "$here/shmm.py" attach "$id" </dev/null
+    must "nattch 1" wait_for nattch_is 1 || return 1
+    kill -KILL "${pid[holder]}"
+    finish holder 137 || return 1
+    must "nattch 0 after kill -9, the segment still there" nattch_is 0 || return 1
+    ipcrm -m "$id"
+}
+
+test_write_and_read_carry_any_bytes_and_too_long_a_text_is_refused_naming_both_sizes() {
+    next_key
+    make_experiment --mode 0600 || return 1
+    local text longest
+    # shellcheck disable=SC2016 # a $ that nothing expands, among the bytes
+    text=$(printf 'caf\xe9 你好 \\ $HOME %%s')
+    shmm write "$id" "$text" 2>"$work/w.err"
+    must "write: exit status 0, not $?" [ $? == 0 ] || return 1
+    must "read in another process to print the same bytes" cmp <(printf '%s\n' "$text") \
+        <(shmm read "$id") || return 1
+    longest=$(head -c 4095 /dev/zero | tr '\0' x)
+    must "a text of 4095 bytes, and its NUL, to fit" shmm write "$id" "$longest" 2>/dev/null ||
+        return 1
+    shmm write "$id" "${longest}y" 2>"$work/w.err"
+    must "4096 bytes: exit status 2, not $?" [ $? == 2 ] || return 1
+    must "one error line naming both sizes" one_error w \
+        "TEXT has 4096 bytes, 4097 with its terminating NUL: more than the 4096 bytes of shmid $id" ||
+        return 1
+    shmm write "$id" "$(head -c 100000 /dev/zero | tr '\0' z)" 2>"$work/w.err"
+    must "100000 bytes: exit status 2, not $?" [ $? == 2 ] || return 1
+    must "the segment untouched" [ "$(shmm read "$id")" == "$longest" ] || return 1
+    shmm read "$id" >/dev/full 2>"$work/r.err"
+    must "read into a full disk: exit status 1, not $?" [ $? == 1 ] || return 1
+    must "read into a full disk: one line" one_error r "writing to stdout: ENOSPC" || return 1
+    ipcrm -m "$id"
+}
+
+test_read_every_stays_attached_and_prints_each_write_until_a_signal() {
+    next_key
+    make_experiment --mode 0600 || return 1
+    start_command every "$PYTHON" "$here/shmm.py" read "$id" --every 0.05
+    must "nattch 1 while it reads" wait_for nattch_is 1 || return 1
+    shmm write "$id" "one" 2>/dev/null && must "one printed" wait_for grep -q -x one \
+        "$work/every.out" || return 1
+    shmm write "$id" "two" 2>/dev/null && must "two printed" wait_for grep -q -x two \
+        "$work/every.out" || return 1
+    kill -TERM "${pid[every]}"
+    finish every 143 || return 1
+    must "nattch 0 once it died" nattch_is 0 || return 1
+    ipcrm -m "$id"
+}
+
+test_experiment_commands_refuse_a_removed_shmid_bad_arguments_and_closed_stdout() {
+    next_key
+    make_experiment --mode 0600 || return 1
+    ipcrm -m "$id"
+    local command status
+    for command in "attach $id --for 0" "write $id x" "read $id" "chmod $id 0600"; do
+        # shellcheck disable=SC2086 # each command is several words
+        shmm $command </dev/null >"$work/e.out" 2>"$work/e.err"
+        status=$?
+        must "$command: exit status 1, not $status" [ $status == 1 ] || return 1
+        must "$command: one error line" one_error e \
+            "no segment has shmid $id (it was never made, or it was removed)" || return 1
+    done
+    for command in "attach abc" "attach 2147483648" "attach 1 --for inf" "read 1 --every nan" \
+        "read 1 --every -1" "write 1" "chmod 1 999" "chmod 1" "create --mode 01777" \
+        "create --proj-id 0x100"; do
+        # shellcheck disable=SC2086 # each command is several words
+        shmm $command </dev/null >"$work/e.out" 2>"$work/e.err"
+        status=$?
+        must "$command: exit status 2, not $status" [ $status == 2 ] || return 1
+        must "$command: one error line" one_error e "" || return 1
+    done
+    shmm create --path "$work" --proj-id "$proj" >&- 2>"$work/e.err"
+    must "create with stdout closed: exit status 1, not $?" [ $? == 1 ] || return 1
+    must "create with stdout closed: one error line" one_error e "stdout is closed" || return 1
+    shmm create --path "$work" --proj-id "$proj" >/dev/full 2>"$work/e.err"
+    must "create into a full disk: exit status 1, not $?" [ $? == 1 ] || return 1
+    must "create into a full disk: one error line" one_error e "writing to stdout: ENOSPC" ||
+        return 1
+    must "no segment left: nobody would know its shmid" no_segment
+}
+
+# shmm_as_nobody ARGS...: run shmm.py as the user nobody, with this test's outputs.
+shmm_as_nobody() { as_nobody "$PYTHON_NOBODY" "$here/shmm.py" "$@" >"$work/n.out" 2>"$work/n.err"; }
+
+test_a_mode_0_segment_is_eacces_even_to_its_owner_and_the_advised_chmod_opens_it() {
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    shmm_as_nobody create --path "$work" --proj-id "$proj"
+    id=$(cat "$work/n.out") && shmids+=("$id")
+    must "nobody's segment, perms 0" [ "$(ipcs_field "$key" 3)" == nobody -a \
+        "$(ipcs_field "$key" 4)" == 0 ] || return 1
+    local advice command
+    for command in "read $id" "write $id x"; do
+        # shellcheck disable=SC2086 # each command is several words
+        shmm_as_nobody $command
+        must "$command as nobody: exit status 4, not $?" [ $? == 4 ] || return 1
+        must "$command as nobody: one error line, EACCES and the mode" one_error n \
+            "EACCES (Permission denied): shmid $id has mode 0, which does not let even its owner" ||
+            return 1
+    done
+    # shellcheck disable=SC2016 # the backquotes are the message's
+    advice=$(sed -n 's/.*you can open it with `python3 \([^`]*\)`.*/\1/p' "$work/n.err")
+    # shellcheck disable=SC2086 # the advice is several words
+    as_nobody "$PYTHON_NOBODY" $advice >"$work/advice.out" 2>&1
+    must "the advice, '$advice', followed by nobody, to work" grep -q -x \
+        "shmid $id: mode 0 -> 0600" "$work/advice.out" || return 1
+    must "perms 600, still nobody's" [ "$(ipcs_field "$key" 4)" == 600 -a \
+        "$(ipcs_field "$key" 3)" == nobody ] || return 1
+    shmm_as_nobody write "$id" "by nobody" && shmm_as_nobody read "$id"
+    must "then nobody to write and read it" grep -q -x "by nobody" "$work/n.out" || return 1
+    shmm chmod "$id" 0640 >/dev/null
+    must "root's chmod to keep nobody its owner" [ "$(ipcs_field "$key" 4)" == 640 -a \
+        "$(ipcs_field "$key" 3)" == nobody ] || return 1
+    ipcrm -m "$id"
+}
+
+test_another_user_s_segment_is_refused_to_read_write_chmod_and_create_with_advice_that_works() {
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    make_experiment --mode 0600 || return 1
+    local me nobody_uid advice
+    me="$(id -un) (uid $(id -u))" nobody_uid=$(id -u nobody)
+    shmm_as_nobody read "$id"
+    must "read as nobody: exit status 4, not $?" [ $? == 4 ] || return 1
+    must "one error line naming the owner and the chmod" one_error n \
+        "shmid $id belongs to $me, and its mode 0600 does not let uid $nobody_uid read it; only its owner (or root) can open it to you, with \`python3 $here/shmm.py chmod $id 0604\`" ||
+        return 1
+    # shellcheck disable=SC2016 # the backquotes are the message's
+    advice=$(sed -n 's/.*can open it to you, with `\([^`]*\)`.*/\1/p' "$work/n.err")
+    shmm_as_nobody write "$id" x
+    must "write as nobody: exit status 4, not $?" [ $? == 4 ] || return 1
+    must "one error line: read and write" one_error n "does not let uid $nobody_uid read and write it" ||
+        return 1
+    shmm_as_nobody chmod "$id" 0666
+    must "chmod as nobody: exit status 4, not $?" [ $? == 4 ] || return 1
+    must "one error line: EPERM, only the owner" one_error n \
+        "EPERM (Operation not permitted): only the owner of shmid $id, $me, or root may change its mode" ||
+        return 1
+    shmm_as_nobody create --path "$work" --proj-id "$proj"
+    must "create as nobody: exit status 3, not $?" [ $? == 3 ] || return 1
+    must "one error line: EEXIST, whose it is" one_error n \
+        "has shmid $id already (a segment outlives the process that made it), which belongs to $me: only they can remove it" ||
+        return 1
+    (cd / && eval "$advice") >/dev/null 2>&1
+    must "the advice, '$advice', followed by the owner: nobody may read it" shmm_as_nobody read "$id" ||
+        return 1
+    ipcrm -m "$id"
+}
+
+test_write_refuses_a_live_processa_s_segment_and_processa_goes_on() {
+    next_key
+    start_reader a || return 1
+    shmm write "$(shmid_of "$key")" "over the header" 2>"$work/w.err"
+    must "exit status 3, not $?" [ $? == 3 ] || return 1
+    must "one error line" one_error w \
+        "starts with processa's header (shmm.py2): a C string would overwrite it; write into a segment of your own" ||
+        return 1
+    message_gets_through a "after the refused write"
+}
+
+test_key_v_shows_a_key_with_the_top_bit_set_as_the_negative_key_t_of_the_tutorial() {
+    local top
+    top=$(key_for 0x94)
+    must "key 0x6194 to be $top" [ "$(shmm key -v --path "$work" --proj-id 0x6194 2>"$work/k.err")" \
+        == "$top" ] || return 1
+    must "its key_t, negative, and the tutorial's message" grep -q -F \
+        "as a key_t, a signed int: $((top - 0x100000000)); negative, and valid all the same: only -1 means failure. The tutorial tested \`n < 0\`, took this key for a failure and printed errno, which nobody had set: \"filed ftok:Success\"" \
+        "$work/k.err" || return 1
+    shmm key -v --path "$work" --proj-id 0x46 >/dev/null 2>"$work/k.err"
+    must "key 0x46's key_t, positive" grep -q -E \
+        "::as a key_t, a signed int: $(($(key_for 0x46)))$" "$work/k.err"
+}
+
 # --- The benchmark, as a smoke test (timings are never asserted) -------------------
 
 test_bench_quick_checks_every_case_and_reports_json() {
