@@ -1319,8 +1319,13 @@ class Reader(Ring):
 
 def read_c_string(memory: memoryview) -> bytes:
     """Return the NUL-terminated string at offset 0 (all of memory if no NUL)."""
-    end = bytes(memory).find(b"\0")
-    return bytes(memory[:end]) if end >= 0 else bytes(memory)
+    # A page at a time, up to the NUL: reading a page of a segment makes the
+    # kernel give it memory, so reading all of a large one would fill it.
+    for start in range(0, len(memory), PAGE_SIZE):
+        end = bytes(memory[start:start + PAGE_SIZE]).find(b"\0")
+        if end >= 0:
+            return bytes(memory[:start + end])
+    return bytes(memory)
 
 
 def write_c_string(memory: memoryview, text: bytes) -> None:
