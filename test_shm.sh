@@ -2026,6 +2026,9 @@ make_experiment() {
     return 1
 }
 
+# new_segment [OPTIONS]: a segment of mode 0600 at a new key: next_key, then make_experiment.
+new_segment() { next_key && make_experiment --mode 0600 "$@"; }
+
 test_create_prints_its_shmid_and_a_second_create_is_eexist_with_advice_that_works() {
     next_key
     make_experiment || return 1
@@ -2082,8 +2085,7 @@ else:
 test_attach_maps_whole_pages_holds_until_a_line_for_or_a_signal_and_shows_nattch() {
     local page
     page=$(getconf PAGESIZE)
-    next_key
-    make_experiment --size $((page + 1)) --mode 0600 || return 1
+    new_segment --size $((page + 1)) || return 1
     shmm attach "$id" --for 0 </dev/null >"$work/at.out" 2>"$work/at.err"
     must "attach --for 0: exit status 0, not $?" [ $? == 0 ] || return 1
     must "$((page + 1)) bytes mapped as 2 pages" grep -q -x -F "mapped: $((2 * page)) bytes = 2 pages of $page (/proc/self/maps), for a segment of $((page + 1)) bytes" \
@@ -2120,8 +2122,7 @@ test_attach_maps_whole_pages_holds_until_a_line_for_or_a_signal_and_shows_nattch
 }
 
 test_write_and_read_carry_any_bytes_and_too_long_a_text_is_refused_naming_both_sizes() {
-    next_key
-    make_experiment --mode 0600 || return 1
+    new_segment || return 1
     local text longest
     # shellcheck disable=SC2016 # a $ that nothing expands, among the bytes
     text=$(printf 'caf\xe9 你好 \\ $HOME %%s')
@@ -2147,8 +2148,7 @@ test_write_and_read_carry_any_bytes_and_too_long_a_text_is_refused_naming_both_s
 }
 
 test_read_every_stays_attached_and_prints_each_write_until_a_signal() {
-    next_key
-    make_experiment --mode 0600 || return 1
+    new_segment || return 1
     start_command every "$PYTHON" "$here/shmm.py" read "$id" --every 0.05
     must "nattch 1 while it reads" wait_for nattch_is 1 || return 1
     shmm write "$id" "one" 2>/dev/null && must "one printed" wait_for grep -q -x one \
@@ -2162,8 +2162,7 @@ test_read_every_stays_attached_and_prints_each_write_until_a_signal() {
 }
 
 test_experiment_commands_refuse_a_removed_shmid_bad_arguments_and_closed_stdout() {
-    next_key
-    make_experiment --mode 0600 || return 1
+    new_segment || return 1
     ipcrm -m "$id"
     local command status
     for command in "attach $id --for 0" "write $id x" "read $id" "chmod $id 0600"; do
@@ -2232,8 +2231,7 @@ test_a_mode_0_segment_is_eacces_even_to_its_owner_and_the_advised_chmod_opens_it
 test_another_user_s_segment_is_refused_to_read_write_chmod_and_create_with_advice_that_works() {
     skip_reason=$(why_not_nobody)
     [[ -z $skip_reason ]] || return 0
-    next_key
-    make_experiment --mode 0600 || return 1
+    new_segment || return 1
     local me nobody_uid advice
     me="$(id -un) (uid $(id -u))" nobody_uid=$(id -u nobody)
     shmm_as_nobody read "$id"
