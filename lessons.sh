@@ -411,7 +411,7 @@ lesson_4() {
         create_segment_as "$user"
         show_ipcs "$id"
         expect "perms in ipcs -m" 0 "$(ipcs_column "$id" 4)"
-        say "Perms 0 let nobody read it, not even its owner:"
+        say "Perms 0 let no one read it, not even its owner:"
         run "$user read $id"
         expect "read's exit status (4, PERMISSION_DENIED)" 4 "$status"
         expect_said "the kernel says EACCES" "EACCES (Permission denied)"
