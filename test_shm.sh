@@ -366,22 +366,27 @@ test_sigint_to_processa_with_processb_attached_leaves_nothing() {
     must "no FIFOs" no_fifos
 }
 
-# at_terminal HOW [PATH [STDOUT]]: run processb with a terminal (a pty) on
-# stdin and stderr but a file on stdout; type two lines, the second longer
-# than a terminal's own 4095-byte limit, then end with HOW: eof (Ctrl-D) or
+# at_terminal HOW [PATH [STDOUT [STDERR [VARIABLE=VALUE]]]]: run processb with
+# a terminal (a pty) on stdin and stderr but a file on stdout; type two
+# lines, the second longer than a terminal's own 4095-byte limit (only
+# readline's line editing takes it), then end with HOW: eof (Ctrl-D) or
 # sigint. PATH, if not empty, is processb's PYTHONPATH; STDOUT "closed"
-# starts processb with stdout closed.
+# starts processb with stdout closed; STDERR "file" sends stderr to
+# $work/b.err instead of the terminal; VARIABLE=VALUE goes into its environment.
 at_terminal() {
     py 'import os, pty, select, signal, subprocess, sys, time
 here, work, proj, how = sys.argv[1:5]
 path = {"PYTHONPATH": sys.argv[5]} if len(sys.argv) > 5 and sys.argv[5] else {}
 stdout_closed = len(sys.argv) > 6 and sys.argv[6] == "closed"
+stderr_to_file = len(sys.argv) > 7 and sys.argv[7] == "file"
+extra = dict([sys.argv[8].split("=", 1)]) if len(sys.argv) > 8 else {}
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # for processb: bash ignores it in background jobs
 master, terminal = pty.openpty()
-with open(f"{work}/b.out", "wb") as stdout:
+with open(f"{work}/b.out", "wb") as stdout, open(f"{work}/b.err", "wb") as log:
     b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work,
-                          "--proj-id", proj], stdin=terminal, stdout=stdout, stderr=terminal,
-                         env={**os.environ, "TERM": "dumb", **path},
+                          "--proj-id", proj], stdin=terminal, stdout=stdout,
+                         stderr=log if stderr_to_file else terminal,
+                         env={**os.environ, "TERM": "dumb", **path, **extra},
                          preexec_fn=(lambda: os.close(1)) if stdout_closed else None)
 seen = b""
 def until_prompt(count):
@@ -947,6 +952,23 @@ test_processb_with_stdin_closed_is_refused_and_processa_waits_on() {
     finish b 1 || return 1
     must "one error line naming stdin" one_error b "stdin is closed" || return 1
     message_gets_through a "after the refused one"
+}
+
+test_processb_at_a_terminal_prompts_there_with_stderr_in_a_file_or_an_odd_encoding() {
+    next_key
+    start_reader a || return 1
+    at_terminal eof "" "" file
+    must "processb to end with 0 at Ctrl-D, stderr in a file" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "no prompt in the log" [ "$(grep -c "Please enter" "$work/b.err")" == 0 ] || return 1
+    must "both lines whole: line editing on" [ "$(grep -c "^Message received: x\{5000\}$" \
+        "$work/a.out")" == 1 ] || return 1
+    next_key
+    start_reader a || return 1
+    at_terminal eof "" "" "" PYTHONIOENCODING=utf-16
+    must "processb to end with 0 at Ctrl-D, PYTHONIOENCODING=utf-16" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "the typed line to arrive" grep -q "hello from a terminal" "$work/a.out"
 }
 
 test_processb_at_a_terminal_with_stdout_closed_still_sends() {
@@ -1806,17 +1828,26 @@ test_processb_s_advice_after_a_crash_works_from_any_directory() {
 }
 
 test_a_notify_fifo_removed_while_processa_waits_is_one_error() {
-    next_key
-    start_reader a || return 1
-    # A writer comes (opens ack, then notify), and leaves without a word once
-    # the notify FIFO is gone.
-    exec {reader}<>"$fifo_dir/$key.ack" {writer}>"$fifo_dir/$key.notify"
-    rm "$fifo_dir/$key.notify"
-    exec {writer}>&- {reader}<&-
-    finish a 1 || return 1
-    must "one error line saying what happened" one_error a "was removed while processa waited" ||
-        return 1
-    must "no segment, no FIFOs" no_segment && no_fifos
+    local how
+    for how in "before any writer" "after a writer left"; do
+        next_key
+        start_reader a || return 1
+        if [[ $how == "after a writer left" ]]; then
+            # A writer comes (opens ack, then notify), and leaves without a
+            # word once the notify FIFO is gone.
+            exec {reader}<>"$fifo_dir/$key.ack" {writer}>"$fifo_dir/$key.notify"
+            rm "$fifo_dir/$key.notify"
+            exec {writer}>&- {reader}<&-
+        else
+            rm "$fifo_dir/$key.notify"
+            start b processb.py --wait 1 </dev/null
+            finish b 5 || return 1
+        fi
+        finish a 1 || return 1
+        must "one error line saying what happened ($how)" one_error a \
+            "notify was removed or replaced while processa waited" || return 1
+        must "no segment, no FIFOs ($how)" no_segment && no_fifos || return 1
+    done
 }
 
 test_a_byte_invalid_in_the_terminal_s_encoding_is_no_traceback() {
