@@ -246,13 +246,34 @@ def serve_tutorial_protocol(cleanup: shmm.Cleanup, memory: memoryview) -> None:
     messages = 0
     while waiter.poll():
         try:
-            if not os.read(fifo_fd, 1):
-                break  # end of file: the writer closed ./myfifo
+            byte = os.read(fifo_fd, 1)
         except BlockingIOError:  # a new writer came just after the last one left
+            continue
+        if not byte and messages:
+            break  # end of file: the writer closed ./myfifo
+        if not byte:
+            # A writer that sends nothing (a processb that refused this
+            # reader, one that checks whether we listen) is not the end.
+            log.info("a writer opened ./%s and closed it without sending; still waiting",
+                     comm.SEED_FIFO)
+            reopen(fifo_fd, comm.SEED_FIFO, made)
             continue
         write_all([PREFIX + shmm.read_c_string(memory)])  # the string keeps its newline
         messages += 1
     log.info("the writer closed ./%s after %s", comm.SEED_FIFO, shmm.counted(messages, "message"))
+
+
+def reopen(fd: int, path: str, made: tuple[int, int]) -> None:
+    """Open the FIFO at path afresh onto fd, which then reports no hang-up until
+    a new writer has come and gone; refuse if it is no longer the one we made."""
+    fresh = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    info = os.fstat(fresh)
+    if (info.st_dev, info.st_ino) != made:
+        os.close(fresh)
+        raise shmm.Refused(ExitCode.FAILURE, f"./{path} was replaced while processa waited (by"
+                           " hand?); start processa again")
+    os.dup2(fresh, fd)
+    os.close(fresh)
 
 
 def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:

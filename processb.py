@@ -554,7 +554,7 @@ def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
         return False
 
     def watch(main_thread: int) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, shmm.STOP_SIGNALS)  # they are the main thread's
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*shmm.STOP_SIGNALS, POKE))  # the main thread's
         poller = select.poll()
         poller.register(ack_fd, 0)  # no events asked for: POLLHUP and POLLERR still come
         poller.register(signalled_r, select.POLLIN)
