@@ -123,10 +123,10 @@ start_command() {
 }
 
 # start NAME PROGRAM ARGS...: start_command for processa.py or processb.py,
-# with this test's key. SIGINT is reset to its default: bash starts
-# background jobs with it ignored.
+# with this test's key. SIGINT and SIGQUIT are reset to their defaults: bash
+# starts background jobs with them ignored, or inherits them so.
 start() {
-    start_command "$1" env --default-signal=INT "$PYTHON" "$here/$2" --path "$work" \
+    start_command "$1" env --default-signal=INT,QUIT "$PYTHON" "$here/$2" --path "$work" \
         --proj-id "$proj" "${@:3}"
 }
 
@@ -1582,7 +1582,7 @@ test_ctrl_c_stops_a_shell_loop_around_either_program() {
         # A script of its own, in a process group of its own, as a terminal
         # has it: Ctrl-C sends SIGINT to the whole foreground group.
         # shellcheck disable=SC2016 # expanded by that bash, from its arguments
-        start_command loop setsid env --default-signal=INT bash -c 'for i in 1 2 3; do
+        start_command loop setsid env --default-signal=INT,QUIT bash -c 'for i in 1 2 3; do
             "$0" "$1" --path "$2" --proj-id "$3" </dev/null 2>"$4.$i.err"
             echo "run $i ended with $?" >>"$4.runs"
         done' "$PYTHON" "$here/$program" "$work" "$proj" "$work/loop"
@@ -1693,7 +1693,7 @@ test_another_users_segment_is_refused_with_advice_that_works() {
 # nobody_runs NAME PROGRAM ARGS...: start PROGRAM as nobody, with this test's key.
 nobody_runs() {
     nobody_env
-    start_command "$1" "${nobody_env[@]}" --default-signal=INT setpriv --reuid=nobody \
+    start_command "$1" "${nobody_env[@]}" --default-signal=INT,QUIT setpriv --reuid=nobody \
         --regid="$(id -g nobody)" --clear-groups /usr/bin/python3 "$here/$2" --path "$work" \
         --proj-id "$proj" "${@:3}"
 }
@@ -2104,7 +2104,7 @@ default_key_reader() {
         skip "a segment exists at the default key $default: not ours to disturb"
         return 1
     fi
-    start_command d env --default-signal=INT "$PYTHON" "$here/processa.py"
+    start_command d env --default-signal=INT,QUIT "$PYTHON" "$here/processa.py"
     must "processa at the default key to listen" wait_for logged d "waiting for processb"
 }
 
