@@ -4,7 +4,8 @@
 #     make run-a                  make run-b
 # Options pass through ARGS, e.g. make run-a ARGS="--proj-id 0x47 --size 8192"
 # (watch and clean take the key options only: --path and --proj-id; demo
-# takes none, and runs at the default key; lessons takes a lesson's number).
+# takes none, and runs at a key of its own, made from a fresh directory;
+# lessons takes a lesson's number).
 
 PYTHON ?= python3
 ARGS ?=
@@ -21,13 +22,15 @@ run-a: ## start the reader, processa (first, in one terminal)
 run-b: ## start the writer, processb (in a second terminal), and type lines
 	$(PYTHON) processb.py $(ARGS)
 
-demo: ## both in this shell: three lines through the segment, ipcs -m while attached
-	@$(PYTHON) processa.py -q & \
-	key=$$($(PYTHON) shmm.py key -q); \
+demo: ## both in this shell, at a key of their own: three lines through the segment, ipcs -m while attached
+	@set -e; dir=$$(mktemp -d); reader=; trap '[ -z "$$reader" ] || kill $$reader; rm -rf "$$dir"' EXIT; \
+	export SHMM_FIFO_DIR="$$dir/fifos"; \
+	$(PYTHON) processa.py --path "$$dir" -q & reader=$$!; \
+	key=$$($(PYTHON) shmm.py key --path "$$dir" -q); \
 	{ printf '%s\n' 'hello, shared memory' '你好，共享内存' ''; \
 	  for i in $$(seq 100); do ipcs -m | grep -q "^$$key .* 2 " && break; sleep 0.1; done; \
-	  ipcs -m | sed -n "3p;/^$$key/p" >&2; echo bye; } | $(PYTHON) processb.py -q; \
-	wait; echo "after both ended:"; ipcs -m | sed -n "3p;/^$$key/p"
+	  ipcs -m | sed -n "3p;/^$$key/p" >&2; echo bye; } | $(PYTHON) processb.py --path "$$dir" -q --wait 10; \
+	wait $$reader; reader=; echo "after both ended:"; ipcs -m | sed -n "3p;/^$$key/p"
 
 lessons: ## the tutorial's experiments, one by one, checked against the kernel (ARGS=N: lesson N)
 	PYTHON=$(PYTHON) ./lessons.sh $(ARGS)

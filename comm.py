@@ -75,12 +75,14 @@ class ExitCode(enum.IntEnum):
     SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not
                            # fit; processa's FIFOs are in use by a live processa; or
                            # processb's --raw differs from processa's
-    PERMISSION_DENIED = 4  # the segment's mode does not let this user use it
+    PERMISSION_DENIED = 4  # the segment's mode does not let this user use it (or, for
+                           # processb --seed-protocol, the reader's /proc/PID/fd is not ours)
     NO_READER = 5          # processb: no processa came up within --wait seconds
     WRITER_BUSY = 6        # processb: another processb has this processa
     PEER_GONE = 7          # the other process went away in mid-conversation
     CORRUPT = 8            # processa: a frame or record header failed its checks, a
                            # line went beyond MAX_LINE, or the stream ended mid-line
-    SIGNALLED = 128        # plus the signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT.
+    SIGNALLED = 128        # plus the signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT,
+                           # 138 SIGUSR1, 140 SIGUSR2, 142 SIGALRM.
                            # Not exited with: after cleaning up, the process dies by the
                            # signal itself, and the shell shows 128 + N in $? all the same.

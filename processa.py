@@ -228,15 +228,52 @@ def serve_tutorial_protocol(cleanup: shmm.Cleanup, memory: memoryview) -> None:
         if shmm.has_reader(comm.SEED_FIFO):
             raise shmm.Refused(ExitCode.SEGMENT_CONFLICT, f"./{comm.SEED_FIFO} is in use:"
                                " another reader has it open; stop it first")
-        made = shmm.make_fifo(comm.SEED_FIFO, comm.SEED_FIFO_MODE)
+        try:
+            made = shmm.make_fifo(comm.SEED_FIFO, comm.SEED_FIFO_MODE)
+        except OSError as err:
+            raise shmm.Refused(ExitCode.FAILURE, f"{shmm.describe(err)}: processa"
+                               f" --seed-protocol makes ./{comm.SEED_FIFO} in the current"
+                               " directory, as the tutorial's a.cc does; run it from a directory"
+                               " you can write") from None
         cleanup.callback(shmm.unlink_if_ours, comm.SEED_FIFO, made)
+    # O_NONBLOCK: open at once instead of waiting in open(2) for a writer, as
+    # a.cc does, so that from now on we hold the FIFO (processb checks that
+    # the creator of the segment is the one who reads it).
+    fifo_fd = opened(cleanup, comm.SEED_FIFO, os.O_RDONLY | os.O_NONBLOCK)
     log.info("waiting for a writer on ./%s (the tutorial's protocol)", comm.SEED_FIFO)
-    fifo_fd = opened(cleanup, comm.SEED_FIFO, os.O_RDONLY)
+    waiter = select.poll()
+    waiter.register(fifo_fd, select.POLLIN)  # a byte, or the writer's hang-up
     messages = 0
-    while os.read(fifo_fd, 1):
+    while waiter.poll():
+        try:
+            byte = os.read(fifo_fd, 1)
+        except BlockingIOError:  # a new writer came just after the last one left
+            continue
+        if not byte and messages:
+            break  # end of file: the writer closed ./myfifo
+        if not byte:
+            # A writer that sends nothing (a processb that refused this
+            # reader, one that checks whether we listen) is not the end.
+            log.info("a writer opened ./%s and closed it without sending; still waiting",
+                     comm.SEED_FIFO)
+            reopen(fifo_fd, comm.SEED_FIFO, made)
+            continue
         write_all([PREFIX + shmm.read_c_string(memory)])  # the string keeps its newline
         messages += 1
     log.info("the writer closed ./%s after %s", comm.SEED_FIFO, shmm.counted(messages, "message"))
+
+
+def reopen(fd: int, path: str, made: tuple[int, int]) -> None:
+    """Open the FIFO at path afresh onto fd, which then reports no hang-up until
+    a new writer has come and gone; refuse if it is no longer the one we made."""
+    fresh = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    info = os.fstat(fresh)
+    if (info.st_dev, info.st_ino) != made:
+        os.close(fresh)
+        raise shmm.Refused(ExitCode.FAILURE, f"./{path} was replaced while processa waited (by"
+                           " hand?); start processa again")
+    os.dup2(fresh, fd)
+    os.close(fresh)
 
 
 def opened(cleanup: shmm.Cleanup, path: str, flags: int) -> int:

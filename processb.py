@@ -41,11 +41,13 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import locale
 import logging
 import os
 import select
 import shlex
 import signal
+import stat
 import sys
 import threading
 import time
@@ -63,6 +65,8 @@ PROMPT = "Please enter: "
 READ_SIZE = 1 << 16   # bytes of lines per frame at most: bounds what processa prints at once
 POLL_INTERVAL = 0.01  # seconds between looks for processa while waiting
 POKE_INTERVAL = 0.02  # seconds between pokes of the main thread, once it should stop
+HOLD_SECONDS = 1.0    # seconds a reader blocked in open(2) of ./myfifo may take to hold it
+POKE = signal.SIGURG  # what the watcher thread interrupts the main thread with
 T = TypeVar("T")
 
 
@@ -86,7 +90,7 @@ def send(args: argparse.Namespace, closed: list[str]) -> int:
     with shmm.Cleanup() as cleanup:
         cleanup.callback(os.close, notify_fd)
         cleanup.callback(os.close, ack_fd)
-        memory = attach_segment(cleanup, key, args)
+        memory = attach_segment(cleanup, key, args).memory
         check_stream(memory, key, args.raw)      # lines or bytes, as processa expects
         take_writer_lock(notify_fd, memory, key)  # one writer at a time
         layout = shmm.read_header(memory)
@@ -127,21 +131,38 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
                                             " who runs processa, whose FIFOs only that user"
                                             " can open")) from None
     mode = status.shm_perm.mode & 0o777
-    if mode & ~args.mode:
+    # Only the group's and the others' read and write bits let anyone else
+    # in: the owner's bits are ours, and shmat(2) has no use for x bits.
+    if mode & ~args.mode & 0o066:
         raise Refused(ExitCode.SEGMENT_CONFLICT,
                       f"the segment at key {show_key(key)} has mode {mode:04o}, more open than"
-                      f" --mode {args.mode:04o}: other users can read and write what you send."
+                      f" --mode {args.mode:04o}: {who_else(mode & ~args.mode, status)}."
                       f" Pass --mode {mode:04o} to send anyway")
     return segment
 
 
-def attach_segment(cleanup: shmm.Cleanup, key: int, args: argparse.Namespace) -> memoryview:
+def who_else(bits: int, status: shmm.shmid_ds) -> str:
+    """Say who besides us can reach what we send through a segment whose mode
+    has these group (0o060) and other (0o006) bits."""
+    def can(rw: int) -> str:
+        return {4: "read", 2: "change", 6: "read and change"}[rw]
+    who = []
+    if bits & 0o060:
+        gid = status.shm_perm.gid
+        who.append(f"members of group {shmm.group_name(gid)} (gid {gid}) can"
+                   f" {can(status.shm_perm.mode >> 3 & 6)}")
+    if bits & 0o006:
+        who.append(f"every other user can {can(status.shm_perm.mode & 6)}")
+    return " and ".join(who) + " what you send"
+
+
+def attach_segment(cleanup: shmm.Cleanup, key: int, args: argparse.Namespace) -> shmm.Segment:
     """Find processa's segment and attach it; the cleanup detaches it (never removes)."""
     with shmm.signals_deferred():  # registered for detaching before a signal can stop us
         segment = cleanup.enter_context(find_segment(key, args))
-        memory = segment.attach()
+        segment.attach()
     log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
-    return memory
+    return segment
 
 
 def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], T],
@@ -171,28 +192,57 @@ def wait_for_processa(key: int, args: argparse.Namespace, connect: Callable[[], 
 
 def why_not_listening(key: int, args: argparse.Namespace, fifo_path: str) -> str:
     """Explain, after waiting, why no processa was found at key."""
-    waited = args.wait
+    waited = f"after {args.wait:g} s"
     try:
         segment = shmm.Segment.find(key)
     except FileNotFoundError:
-        return (f"no segment at key {show_key(key)} after {waited:g} s: start processa"
-                " first, with the same --path and --proj-id")
-    creator = segment.status().shm_perm.cuid
+        return (f"no segment at key {show_key(key)} {waited}: start processa first, with the"
+                " same --path and --proj-id")
+    status = segment.status()
+    creator = status.shm_perm.cuid
     if creator != os.getuid():
         return (f"shmid {segment.shmid} at key {show_key(key)} was made by uid {creator};"
                 " processa's FIFOs are private to its own user, so run processb as that user")
-    return (f"shmid {segment.shmid} exists at key {show_key(key)}, but no processa listens on"
-            f" {fifo_path} after {waited:g} s; if processa crashed, `{clean_command(args)}`"
-            " removes what it left")
+    where = f"shmid {segment.shmid} exists at key {show_key(key)}"
+    if not status.shm_nattch:
+        cleaner = clean_command(args) if not args.seed_protocol else f"ipcrm -m {segment.shmid}"
+        return (f"{where}, but nothing is attached to it and no processa listens on {fifo_path}"
+                f" {waited}; if processa crashed, `{cleaner}` removes what it left")
+    with segment:
+        ours = bytes(segment.attach(readonly=True)[:len(shmm.MAGIC)]) == shmm.MAGIC
+    user = f"{where}, in use by pid {status.shm_cpid}"
+    if ours and args.seed_protocol:
+        return (f"{user}, a processa of this project's own protocol, not the tutorial's: run"
+                " processb without --seed-protocol, as processa runs")
+    if not ours and not args.seed_protocol:
+        return (f"{user}, but no processa listens on {fifo_path} {waited}: if it speaks the"
+                " tutorial's protocol (processa --seed-protocol, or the tutorial's a.cc), run"
+                " processb with --seed-protocol, in the directory where it runs")
+    if args.seed_protocol:
+        return (f"{user}, but no reader listens on {fifo_path} {waited}: run processb in the"
+                " directory where the reader runs (./myfifo is looked for there)")
+    return (f"{user}, but no processa listens on {fifo_path} {waited}: is it stopped"
+            f" (Ctrl-Z), or does it run with another {comm.FIFO_DIR_VARIABLE} than this one?")
 
 
 def clean_command(args: argparse.Namespace) -> str:
     """Return the shmm.py clean command line for our key, to run from anywhere."""
     shmm_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shmm.py")
     named = os.environ.get(comm.FIFO_DIR_VARIABLE)
-    where = f"{comm.FIFO_DIR_VARIABLE}={shlex.quote(named)} " if named else ""
-    return (f"{where}python3 {shlex.quote(shmm_py)} clean --path {shlex.quote(args.path)}"
+    where = f"{comm.FIFO_DIR_VARIABLE}={shell_quote(named)} " if named else ""
+    return (f"{where}python3 {shell_quote(shmm_py)} clean --path {shell_quote(args.path)}"
             f" --proj-id {args.proj_id:#x}")
+
+
+def shell_quote(text: str) -> str:
+    """Quote text for the shell, as shlex.quote does; text that is not all
+    printable (a path with bytes that are not UTF-8, a newline) goes in bash's
+    $'...' form, so that the command still works when pasted."""
+    if text.isprintable():
+        return shlex.quote(text)
+    escaped = (chr(byte) if 0x20 <= byte < 0x7F and byte not in b"'\\" else f"\\x{byte:02x}"
+               for byte in os.fsencode(text))
+    return "$'" + "".join(escaped) + "'"
 
 
 # --- 3. One writer at a time, of the kind processa expects ----------------------------
@@ -349,6 +399,14 @@ def read_stdin(writer: shmm.Writer, room: memoryview) -> int:
 # byte on ./myfifo. Like fgets(3) into a 4096-byte buffer, a longer line
 # goes as several strings of at most 4095 bytes. Nothing tells us when the
 # reader has printed one, so piped input outruns it and messages are lost.
+#
+# The protocol names its reader by a file in the current directory, and
+# nothing in the segment says whose it is, so we check before we write: that
+# ./myfifo is a FIFO (never a file or a symlink planted under that name, which
+# we never open), that the segment at our key is not one of processa's own
+# protocol, and that the process that created it is the one that holds
+# ./myfifo (/proc/PID/fd): otherwise our strings would go into one reader's
+# segment and our bytes to another reader, who would print what it already had.
 
 
 def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
@@ -356,20 +414,24 @@ def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
     fifo_fd = wait_for_processa(key, args, open_tutorial_fifo, f"./{comm.SEED_FIFO}")
     with shmm.Cleanup() as cleanup:
         cleanup.callback(os.close, fifo_fd)
-        memory = attach_segment(cleanup, key, args)
+        segment = attach_segment(cleanup, key, args)
+        memory = segment.memory
+        check_tutorial_reader(segment, fifo_fd, key)
+        most = len(memory) - 1  # bytes of a string, before its NUL
         with stop_when_processa_leaves(fifo_fd):
-            for line in lines_with_newlines():
-                for start in range(0, len(line), len(memory) - 1):
-                    shmm.write_c_string(memory, line[start:start + len(memory) - 1])
+            for line in lines_with_newlines(most):
+                for start in range(0, len(line), most):
+                    shmm.write_c_string(memory, line[start:start + most])
                     announce(fifo_fd)
     return ExitCode.OK
 
 
-def lines_with_newlines() -> Iterator[bytes]:
-    """Yield stdin's lines as fgets(3) gives them: each with its newline."""
+def lines_with_newlines(most: int) -> Iterator[bytes]:
+    """Yield stdin's lines as fgets(3) gives them: each with its newline, and
+    from a pipe or a file at most `most` bytes at a time, however long the line."""
     if sys.stdin.isatty():
         return (line + b"\n" for line in terminal_lines())
-    return iter(sys.stdin.buffer.readline, b"")
+    return iter(lambda: sys.stdin.buffer.readline(most), b"")
 
 
 def announce(fifo_fd: int) -> None:
@@ -381,10 +443,64 @@ def announce(fifo_fd: int) -> None:
 
 
 def open_tutorial_fifo() -> int:
-    """Open ./myfifo for writing if a reader has it open; ENXIO or ENOENT if not."""
-    fifo_fd = os.open(comm.SEED_FIFO, os.O_WRONLY | os.O_NONBLOCK)
+    """Open ./myfifo for writing if it is a FIFO that a reader has open; ENOENT
+    or ENXIO while there is none. Anything else under that name is refused, unopened."""
+    info = os.lstat(comm.SEED_FIFO)
+    if not stat.S_ISFIFO(info.st_mode):
+        raise Refused(ExitCode.FAILURE, f"./{comm.SEED_FIFO} is {shmm.file_kind(info.st_mode)},"
+                      " not the tutorial's FIFO, and was left untouched; run processb from the"
+                      " directory where its reader runs")
+    fifo_fd = os.open(comm.SEED_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    opened = os.fstat(fifo_fd)
+    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+        os.close(fifo_fd)
+        raise Refused(ExitCode.FAILURE, f"./{comm.SEED_FIFO} was replaced while we opened it;"
+                      " try again")
     os.set_blocking(fifo_fd, True)
     return fifo_fd
+
+
+def check_tutorial_reader(segment: shmm.Segment, fifo_fd: int, key: int) -> None:
+    """Refuse a segment of processa's own protocol, and a ./myfifo that is not
+    held by the process that created the segment at key."""
+    assert segment.memory is not None, "attached"
+    where = f"the segment at key {show_key(key)}"
+    if bytes(segment.memory[:len(shmm.MAGIC)]) == shmm.MAGIC:
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"{where} is laid out by a processa of this project's own protocol, not"
+                      " the tutorial's: run processb without --seed-protocol, as processa runs")
+    creator = segment.status().shm_cpid
+    if not holds_fifo(creator, fifo_fd):
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"./{comm.SEED_FIFO} is not held by pid {creator}, which created {where}:"
+                      " its reader reads another segment, and nothing we sent would be"
+                      " printed. Run processb in the directory where the reader of this key"
+                      " runs, or with the --path and --proj-id of the reader of ./myfifo")
+
+
+def holds_fifo(pid: int, fifo_fd: int) -> bool:
+    """Tell whether process pid holds the FIFO that fifo_fd is open on (/proc/PID/fd),
+    waiting a moment for a reader that was blocked in open(2) to get its fd."""
+    fifo = os.fstat(fifo_fd)
+    deadline = time.monotonic() + HOLD_SECONDS
+    while True:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            return False  # it has ended
+        except PermissionError:
+            raise Refused(ExitCode.PERMISSION_DENIED,
+                          f"cannot tell whether pid {pid} reads ./{comm.SEED_FIFO}: its"
+                          f" /proc/{pid}/fd is not ours to read; run processb as the user who"
+                          " runs the reader") from None
+        for name in names:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                info = os.stat(f"/proc/{pid}/fd/{name}")
+                if (info.st_dev, info.st_ino) == (fifo.st_dev, fifo.st_ino):
+                    return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
 
 
 # --- Sidebar: at a terminal, and the thread that watches ------------------------------
@@ -398,7 +514,7 @@ def open_tutorial_fifo() -> int:
 # Sending, we notice a vanished processa by EPIPE or end of file. But at the
 # prompt we sit in input(), and would only notice at the next line. So a
 # thread waits in poll(2) for POLLHUP on the ack FIFO (processa's end closed)
-# and then interrupts the main thread with SIGUSR1, whose handler raises.
+# and then interrupts the main thread with a POKE signal, whose handler raises.
 # (Signal handlers run only in the main thread, and only a signal aimed at
 # it, with pthread_kill(3), interrupts the system call it is blocked in.)
 #
@@ -407,8 +523,11 @@ def open_tutorial_fifo() -> int:
 # handlers only when select fails with EINTR; a signal that comes just
 # before it enters select (the prompt drawn, select not yet called) would
 # wait for the next key. The thread learns of every signal through
-# signal.set_wakeup_fd, and pokes the main thread with SIGUSR1 until it has
-# left: each poke that finds it in select runs the waiting handlers.
+# signal.set_wakeup_fd, and once a stop signal has come, pokes the main
+# thread until it has left: each poke that finds it in select runs the
+# waiting handlers. The poke is SIGURG, which is ignored by default (a stray
+# one from outside changes nothing), and any other signal leaves the thread
+# watching.
 
 
 @contextlib.contextmanager
@@ -426,24 +545,40 @@ def stop_when_processa_leaves(ack_fd: int) -> Iterator[None]:
             done.set()  # raise once
             raise shmm.PeerGone("processa has gone away")
 
+    def stop_signal_came() -> bool:
+        """Take the numbers of the signals that came; tell whether one stops us."""
+        with contextlib.suppress(BlockingIOError):
+            return any(number in shmm.STOP_SIGNALS for number in os.read(signalled_r, 512))
+        return False
+
     def watch(main_thread: int) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, shmm.STOP_SIGNALS)  # they are the main thread's
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*shmm.STOP_SIGNALS, POKE))  # the main thread's
         poller = select.poll()
         poller.register(ack_fd, 0)  # no events asked for: POLLHUP and POLLERR still come
         poller.register(signalled_r, select.POLLIN)
-        if any(fd == ack_fd for fd, _ in poller.poll()):
-            gone.set()
+        # Until processa leaves, a stop signal comes or the block ends; any
+        # other signal changes nothing.
+        while not done.is_set():
+            if any(fd == ack_fd for fd, _ in poller.poll()):
+                gone.set()
+                break
+            if stop_signal_came():
+                break
         while not done.wait(POKE_INTERVAL):
-            signal.pthread_kill(main_thread, signal.SIGUSR1)
+            signal.pthread_kill(main_thread, POKE)
 
-    signal.signal(signal.SIGUSR1, on_poke)
+    signal.signal(POKE, on_poke)
     previous = signal.set_wakeup_fd(signalled_w)
-    threading.Thread(target=watch, args=(threading.get_ident(),), daemon=True).start()
+    watcher = threading.Thread(target=watch, args=(threading.get_ident(),), daemon=True)
+    watcher.start()
     try:
         yield
     finally:
         done.set()
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # our own close is not news
+        with contextlib.suppress(BlockingIOError):
+            os.write(signalled_w, b"\0")  # wake the watcher, if it polls, to see that we are done
+        watcher.join()  # before its pipe is closed under it
+        signal.signal(POKE, signal.SIG_IGN)  # our own close is not news
         signal.set_wakeup_fd(previous)
         os.close(signalled_r)
         os.close(signalled_w)
@@ -461,33 +596,61 @@ def send_typed_lines(writer: shmm.Writer) -> int:
 
 
 def terminal_lines() -> Iterator[bytes]:
-    """Yield the lines typed at the terminal, prompting on stderr."""
+    """Yield the lines typed at the terminal, prompting on it."""
     # A Python built without readline still reads lines, only unedited.
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - importing it is what gives input() line editing
-    # Bytes that are not valid in the terminal's encoding are kept, not an error.
-    sys.stdin.reconfigure(errors="surrogateescape")
-    while True:
-        try:
-            with stdout_on_stderr():
-                line = input(PROMPT)
-        except EOFError:
-            print(file=sys.stderr)  # end the prompt's line
-            return
-        except (shmm.Interrupted, shmm.PeerGone):
-            print(file=sys.stderr)  # so that what is said next starts a line
-            raise
-        yield line.encode(sys.stdin.encoding, "surrogateescape")
+    # input() decodes what is typed with stdin's encoding and encodes the
+    # prompt with stdout's. Bytes that are not valid in it are kept, not an
+    # error, and go out as they came.
+    encoding = terminal_encoding()
+    sys.stdin.reconfigure(encoding=encoding, errors="surrogateescape")
+    sys.stdout.reconfigure(encoding=encoding)
+    with terminal_to_prompt_on() as terminal:
+        while True:
+            try:
+                with lent_as_stdout(terminal):
+                    line = input(PROMPT)
+            except EOFError:
+                os.write(terminal, b"\n")  # end the prompt's line
+                return
+            except (shmm.Interrupted, shmm.PeerGone):
+                os.write(terminal, b"\n")  # so that what is said next starts a line
+                raise
+            yield line.encode(encoding, "surrogateescape")
+
+
+def terminal_encoding() -> str:
+    """Return stdin's encoding, unless it is one no terminal speaks (such as
+    PYTHONIOENCODING=utf-16, which is not ASCII-compatible): then the locale's."""
+    if "a\n".encode(sys.stdin.encoding, "replace") == b"a\n":
+        return sys.stdin.encoding
+    return locale.getpreferredencoding(False)
 
 
 @contextlib.contextmanager
-def stdout_on_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr for the length of the block."""
+def terminal_to_prompt_on() -> Iterator[int]:
+    """Yield a descriptor of the terminal to prompt on: stderr if it is one,
+    else the terminal that stdin is, opened afresh (with 2>log, the prompts
+    still go to the terminal, and line editing still works)."""
+    if os.isatty(2):
+        yield 2
+        return
+    fd = os.open(os.ttyname(0), os.O_WRONLY | os.O_NOCTTY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def lent_as_stdout(terminal: int) -> Iterator[None]:
+    """Point file descriptor 1 at the terminal for the length of the block."""
     # input() edits with readline only when fd 1 is a terminal, and draws the
-    # prompt there. Lending it stderr keeps stdout free of prompts, and also
-    # lets readline lift the terminal's own limit of 4095 bytes a line.
+    # prompt there. Lending it the terminal keeps stdout free of prompts, and
+    # also lets readline lift the terminal's own limit of 4095 bytes a line.
     saved = os.dup(1)
-    os.dup2(2, 1)
+    os.dup2(terminal, 1)
     try:
         yield
     finally:

@@ -56,6 +56,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import grp
 import logging
 import math
 import os
@@ -361,11 +362,14 @@ class Segment(contextlib.AbstractContextManager):
         shmctl(self.shmid, IPC_RMID, None)
 
     def __exit__(self, *exc_info: object) -> None:
+        # Remove first, while still attached: with kernel.shm_rmid_forced=1
+        # (see shmctl(2)), the last detach destroys a segment at once, and
+        # IPC_RMID after it would find nothing.
+        if self.created:
+            self.remove_unless_gone()
         if self.address is not None:
             self.detach()
             log.info("detached from shmid %d (shmdt)", self.shmid)
-        if self.created:
-            self.remove_unless_gone()
 
     def remove_unless_gone(self) -> None:
         """Remove the segment, warning (not failing) if someone removed it first."""
@@ -466,7 +470,10 @@ def why_unreadable(shmid: int, advice: str) -> str:
 #
 # The creator must remove the segment on every way out: the end of input, an
 # error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-\
-# (SIGQUIT). Each of these signals raises Interrupted in the main thread,
+# (SIGQUIT), and the other signals that end a process by default and that a
+# person or a script sends (SIGUSR1, SIGUSR2, SIGALRM). Python ignores
+# SIGPIPE and SIGXFSZ itself, so that a write fails with EPIPE or EFBIG,
+# which we report. Each stop signal raises Interrupted in the main thread,
 # which interrupts a blocking open(2), read(2) or poll(2) and unwinds through
 # the `with` blocks that own the segment and the FIFOs; then the process dies
 # by the signal itself (die_by), so that a shell loop around it stops too.
@@ -486,7 +493,8 @@ def why_unreadable(shmid: int, advice: str) -> str:
 # next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
 # does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM)
 
 
 class Interrupted(BaseException):
@@ -510,7 +518,7 @@ def end_quietly_on_signals() -> None:
 
 
 def stop_on_signals() -> None:
-    """Make SIGINT, SIGTERM, SIGHUP and SIGQUIT raise Interrupted, unless ignored."""
+    """Make each stop signal raise Interrupted, unless it is ignored."""
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _interrupt)
@@ -715,9 +723,7 @@ def remove_leftover(key: int) -> int:
         if others:
             raise in_use(where, others, status.shm_cpid)
         if blank and process_exists(status.shm_cpid):
-            raise Refused(ExitCode.SEGMENT_CONFLICT,
-                          f"{where}, which pid {status.shm_cpid} has just created and is"
-                          " setting up; is another processa starting? Try again in a moment")
+            raise blank_in_use(where, status)
         if not start.startswith(MAGIC) and not blank:
             raise Refused(ExitCode.SEGMENT_CONFLICT,
                           f"{where}, which processa did not make (or a processa"
@@ -728,6 +734,32 @@ def remove_leftover(key: int) -> int:
     finally:
         segment.detach()
     return segment.shmid
+
+
+SETUP_SECONDS = 5  # a processa lays out its new segment well within this
+
+
+def blank_in_use(where: str, status: shmid_ds) -> Refused:
+    """Refuse an all-zero segment whose creator still runs: a processa setting
+    it up, if it is new; after SETUP_SECONDS, some other program's."""
+    cpid, age = status.shm_cpid, int(time.time() - status.shm_ctime)
+    if age < SETUP_SECONDS:
+        return Refused(ExitCode.SEGMENT_CONFLICT,
+                       f"{where}, which pid {cpid} has just created and is setting up; is"
+                       " another processa starting? Try again in a moment")
+    return Refused(ExitCode.SEGMENT_CONFLICT,
+                   f"{where}, all zero, made {age} s ago by pid {cpid} ({command_name(cpid)}),"
+                   " which still runs: not a processa setting up, but another program's; pick"
+                   " another key with --proj-id or --path")
+
+
+def command_name(pid: int) -> str:
+    """Return the command name of process pid (/proc/PID/comm), or '?' if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm_file:
+            return comm_file.read().strip()
+    except OSError:
+        return "?"
 
 
 def all_zero(memory: memoryview) -> bool:
@@ -762,6 +794,14 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def group_name(gid: int) -> str:
+    """Return the name of group gid, or the number when it has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def create_segment(key: int, size: int, mode: int) -> Segment:
@@ -810,24 +850,29 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # (for both programs), which must pass the same checks.
 #
 # The handshake: accept_writer is processa's side, connect_writer (with
-# processb's take_writer_lock) the writer's. Each open(2) of a FIFO waits for
-# the other end, unless it is made with O_NONBLOCK; in order:
+# processb's take_writer_lock) the writer's. An open(2) of a FIFO waits for
+# the other end unless it is made with O_NONBLOCK, and none of ours waits:
 #
 #   processa                                 processb
-#   1. notify, read, O_NONBLOCK: at once;
-#      from now on processa is "listening"
-#   2. ack, write: waits for a reader  <---  3. ack, read, O_NONBLOCK: at once,
-#                                                and lets processa's open go on
-#                                            4. notify, write, O_NONBLOCK: works
+#   1. notify, read, O_NONBLOCK, and ack,
+#      read and write: at once; from now
+#      on processa is "listening"
+#                                            2. ack, read, O_NONBLOCK: at once
+#                                            3. notify, write, O_NONBLOCK: works
 #                                                only if a reader has it open;
 #                                                ENXIO: no processa listens
-#                                            5. flock(notify): the only writer;
+#                                            4. flock(notify): the only writer;
 #                                                its pid into the segment header
-#   6. poll(notify) until the header   <---     (or its first frame announced)
+#   5. poll(notify) until the header   <---     (or its first frame announced)
 #      names a writer: serve it
 #
-# A writer that leaves between 4 and 5 (refused: another one writes, or its
-# --raw differs) closes notify without a word; processa then waits on (6).
+# A writer that leaves between 3 and 4 (refused: another one writes, or its
+# --raw differs) closes notify without a word; processa then waits on (5).
+# processa holds ack for reading too, so that opening it never waits for a
+# processb; processb still learns that processa has gone when ack has no
+# writer left. While it waits, processa looks every WAKE_SECONDS at its
+# FIFOs: one removed by hand (or replaced) can no longer bring a processb,
+# and waiting for one would be waiting for ever.
 #
 # So a FIFO "has a reader" exactly while a processa listens on it, and an
 # O_NONBLOCK open for writing tells, without waiting: that is how processb
@@ -866,6 +911,11 @@ def fifo_directory() -> str:
     return os.path.normpath(named)  # no trailing slash, which would let lstat follow a link
 
 
+NAME_A_DIRECTORY = (f"Name a directory of your own with {comm.FIFO_DIR_VARIABLE}=DIR, for"
+                    " processa and processb alike (made with mode 0700 if missing; its parent"
+                    " must be an existing directory)")
+
+
 def fifo_paths(key: int) -> tuple[str, str]:
     """Return the paths of the notify and ack FIFOs for key."""
     directory = fifo_directory()
@@ -875,18 +925,14 @@ def fifo_paths(key: int) -> tuple[str, str]:
 
 def accept_writer(cleanup: contextlib.ExitStack, key: int, slots: int,
                   memory: memoryview) -> tuple[int, int]:
-    """The reader's side of the handshake: listen (step 1), wait for a writer
-    to open ack (step 2) and then to claim the channel or send a frame; return
-    (notify_fd, ack_fd). The cleanup closes ack, unlinks both FIFOs if they
-    are still ours, and closes notify, in that order."""
+    """The reader's side of the handshake: listen (step 1), then wait for a
+    writer to claim the channel or send a frame (step 5); return (notify_fd,
+    ack_fd). The cleanup unlinks both FIFOs if they are still ours, and then
+    closes them."""
     with signals_deferred():  # the FIFOs exist only once their removal is registered
-        notify_fd = listen(cleanup, key, slots)
-    notify_path, ack_path = fifo_paths(key)
-    log.info("waiting for processb on %s", notify_path)
-    ack_fd = os.open(ack_path, os.O_WRONLY)
-    cleanup.callback(os.close, ack_fd)
-    fit_tokens(ack_fd, slots)
-    wait_for_sender(notify_fd, notify_path, memory)
+        notify_fd, ack_fd, made = listen(cleanup, key, slots)
+    log.info("waiting for processb on %s", made[0].path)
+    wait_for_sender(notify_fd, made, memory)
     return notify_fd, ack_fd
 
 
@@ -912,14 +958,18 @@ def check_private(directory: str) -> None:
     info = os.lstat(directory)
     if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077:
         return
-    if info.st_uid != os.getuid():
-        why = ("someone else made it, and in /tmp only they can remove it. Name a directory"
-               f" of your own with {comm.FIFO_DIR_VARIABLE}=DIR, for processa and processb alike"
-               " (made with mode 0700 if missing; its parent must exist)")
+    named = bool(os.environ.get(comm.FIFO_DIR_VARIABLE))
+    kind = file_kind(info.st_mode)
+    if named:  # not ours to change: never advise chmod or removal of it
+        why = (f"{comm.FIFO_DIR_VARIABLE} must name a private directory of your own, and this"
+               f" is {kind}{' open to others' if stat.S_ISDIR(info.st_mode) else ''}."
+               f" {NAME_A_DIRECTORY}")
+    elif info.st_uid != os.getuid():
+        why = f"someone else made it, and in /tmp only they can remove it. {NAME_A_DIRECTORY}"
     elif stat.S_ISDIR(info.st_mode):
-        why = f"run chmod 700 {directory}, or remove it"
+        why = f"it is ours but open to others: run chmod 700 {directory}"
     else:
-        why = "it is not a directory (a symlink?): move it away"
+        why = f"it is {kind}, not a directory: move it away"
     raise Refused(ExitCode.FAILURE,
                   f"{directory} must be a directory of uid {os.getuid()} with mode 0700 (it is"
                   f" uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); {why}")
@@ -941,7 +991,7 @@ def has_reader(path: str) -> bool:
     try:
         if not stat.S_ISFIFO(os.lstat(path).st_mode):
             return False
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW))
     except FileNotFoundError:
         return False
     except OSError as err:
@@ -951,19 +1001,25 @@ def has_reader(path: str) -> bool:
     return True
 
 
-def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
-    """Make the notify and ack FIFOs for key and open notify for reading (step
-    1 of the handshake); return its fd. The cleanup unlinks both FIFOs, if they
-    are still ours, and then closes the fd."""
-    directory = fifo_directory()
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass  # ours from an earlier run, or a plant: check_private tells
-    except (FileNotFoundError, NotADirectoryError) as err:
-        raise Refused(ExitCode.FAILURE, f"{describe(err)}: the FIFO directory's parent must be"
-                      f" an existing directory; fix {comm.FIFO_DIR_VARIABLE}") from None
-    check_private(directory)
+WAKE_SECONDS = 1.0  # how often a processa that waits for its writer looks at its FIFOs
+
+
+class Fifo(NamedTuple):
+    """A FIFO that processa made, to know it again at the moment it acts on it."""
+
+    path: str
+    identity: tuple[int, int]  # (st_dev, st_ino)
+
+
+def listen(cleanup: contextlib.ExitStack, key: int, slots: int
+           ) -> tuple[int, int, list[Fifo]]:
+    """Make the notify and ack FIFOs for key and open them (step 1 of the
+    handshake); return (notify_fd, ack_fd, the FIFOs made). The cleanup
+    unlinks each FIFO, if it is still ours, and then closes the fds."""
+    directory = make_fifo_directory()
+    fds: list[int] = []
+    cleanup.callback(close_all, fds)  # last, after the unlinks registered below
+    made: list[Fifo] = []
     with locked(directory):
         for path in fifo_paths(key):
             if has_reader(path):
@@ -971,17 +1027,47 @@ def listen(cleanup: contextlib.ExitStack, key: int, slots: int) -> int:
                               f"{path} is in use: another processa listens at key"
                               f" {show_key(key)} (was its segment removed by hand?); stop it"
                               " first, or pick another key with --proj-id")
-        made = [make_fifo(path, comm.FIFO_MODE) for path in fifo_paths(key)]
-        notify_fd = os.open(fifo_paths(key)[0], os.O_RDONLY | os.O_NONBLOCK)
-    cleanup.callback(os.close, notify_fd)
-    for path, identity in zip(fifo_paths(key), made):
-        cleanup.callback(unlink_if_ours, path, identity)
-    fit_tokens(notify_fd, slots)
-    return notify_fd
+        for path in fifo_paths(key):
+            try:
+                made.append(Fifo(path, make_fifo(path, comm.FIFO_MODE)))
+            except OSError as err:
+                raise Refused(ExitCode.FAILURE, f"{describe(err)}: uid {os.getuid()} cannot"
+                              f" make FIFOs in {directory}. {NAME_A_DIRECTORY}") from None
+            cleanup.callback(unlink_if_ours, *made[-1])
+            os.chmod(path, comm.FIFO_MODE)  # whatever the umask took away
+        notify, ack = made
+        fds.append(os.open(notify.path, os.O_RDONLY | os.O_NONBLOCK))
+        fds.append(os.open(ack.path, os.O_RDWR))  # never waits: we are a reader too
+    for fd in fds:
+        fit_tokens(fd, slots)
+    return fds[0], fds[1], made
 
 
-def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> None:
-    """Wait until a writer has claimed the channel or sent a frame."""
+def make_fifo_directory() -> str:
+    """Make the FIFO directory if it is missing, and check that it is private;
+    return its path."""
+    directory = fifo_directory()
+    try:
+        os.mkdir(directory, 0o700)
+        os.chmod(directory, 0o700)  # whatever the umask took away
+    except FileExistsError:
+        pass  # ours from an earlier run, or a plant: check_private tells
+    except OSError as err:
+        raise Refused(ExitCode.FAILURE, f"{describe(err)}: the FIFO directory cannot be made."
+                      f" {NAME_A_DIRECTORY}") from None
+    check_private(directory)
+    return directory
+
+
+def close_all(fds: list[int]) -> None:
+    """Close each file descriptor in fds."""
+    for fd in fds:
+        os.close(fd)
+
+
+def wait_for_sender(notify_fd: int, made: list[Fifo], memory: memoryview) -> None:
+    """Wait until a writer has claimed the channel or sent a frame; every
+    WAKE_SECONDS, make sure that our FIFOs are still there to be found."""
     # A processb that was refused (another one writes, the modes differ)
     # opens and closes notify without a word; so does another processa that
     # checks whether we listen. Neither is our writer: wait for the next one.
@@ -990,33 +1076,66 @@ def wait_for_sender(notify_fd: int, notify_path: str, memory: memoryview) -> Non
     waiter = select.poll()
     waiter.register(notify_fd, select.POLLIN)
     while True:
-        [(_, events)] = waiter.poll()
-        if events & select.POLLIN or read_header(memory).writer_pid:
+        ready = waiter.poll(WAKE_SECONDS * 1000)
+        check_still_ours(made)
+        if not ready:
+            continue
+        if ready[0][1] & select.POLLIN or read_header(memory).writer_pid:
             return
-        log.info("a writer opened %s and closed it without sending; still waiting", notify_path)
-        try:
-            fresh = os.open(notify_path, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise Refused(ExitCode.FAILURE, f"{notify_path} was removed while processa waited"
-                          " (by hand?), so no processb can find it; start processa again"
-                          ) from None
+        log.info("a writer opened %s and closed it without sending; still waiting", made[0].path)
+        fresh = os.open(made[0].path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         os.dup2(fresh, notify_fd)
         os.close(fresh)
+        check_still_ours(made)  # what we opened is the FIFO we made
+
+
+def check_still_ours(made: list[Fifo]) -> None:
+    """Refuse to wait on if a FIFO we made was removed or replaced: no
+    processb could find us any more."""
+    for path, identity in made:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != identity:
+            raise Refused(ExitCode.FAILURE, f"{path} was removed or replaced while processa"
+                          " waited (by hand?), so no processb can find it; start processa"
+                          " again")
 
 
 def make_fifo(path: str, mode: int) -> tuple[int, int]:
     """Make a FIFO at path, replacing one that nobody reads (a crashed run left
     it); return its (st_dev, st_ino), to know it again."""
     try:
-        os.mkfifo(path, mode)
+        mkfifo(path, mode)
     except FileExistsError:
-        if not stat.S_ISFIFO(os.lstat(path).st_mode):
-            raise Refused(ExitCode.FAILURE, f"{path} exists and is not a FIFO; move it away")
+        info = os.lstat(path)
+        if not stat.S_ISFIFO(info.st_mode):
+            raise Refused(ExitCode.FAILURE, f"{path} exists and is {file_kind(info.st_mode)},"
+                          " not a FIFO; move it away") from None
         log.warning("replacing %s, left by a processa that did not clean up", path)
         os.unlink(path)
-        os.mkfifo(path, mode)
+        mkfifo(path, mode)
     info = os.lstat(path)
     return info.st_dev, info.st_ino
+
+
+def mkfifo(path: str, mode: int) -> None:
+    """Make a FIFO with mkfifo(3); a failure names the call, as ours do (the
+    OSError of os.mkfifo names no file)."""
+    try:
+        os.mkfifo(path, mode)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror,
+                      f"mkfifo(pathname={path!r}, mode={show_mode(mode)})") from None
+
+
+def file_kind(mode: int) -> str:
+    """Name the kind of file that st_mode describes: 'a regular file', 'a symlink'."""
+    kinds = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "an odd file")
 
 
 def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
@@ -1292,13 +1411,10 @@ class Reader(Ring):
 
     def _acknowledge(self, count: int) -> None:
         """Hand count slots back to the writer."""
-        try:
-            os.write(self.ack_fd, TOKENS[:count])
-        except BrokenPipeError:
-            # A writer that ends cleanly waits for every ack, so it died. The
-            # frames it announced are still in the notify FIFO: keep reading;
-            # end of file without an END frame tells the caller.
-            log.warning("processb went away without waiting for its acknowledgements")
+        # Never EPIPE: processa holds ack for reading too. If the writer has
+        # died, the acks wait unread (the FIFO holds a full ring's), and the
+        # end of file on notify tells the caller.
+        os.write(self.ack_fd, TOKENS[:count])
 
 
 # --- 14. The tutorial's protocol ------------------------------------------------------
@@ -1423,6 +1539,35 @@ def read_kernel_limit(name: str) -> int:
         return int(limit.read())
 
 
+# Numbers on our command lines are read as C reads them with strtol(3) in
+# base 0, and as ipcrm reads a key: 0x for hex, a leading 0 for octal (so
+# --proj-id 071 is 57, as a C programmer means it), ASCII digits only.
+C_DECIMAL = re.compile(r"\s*[-+]?[0-9]+", re.ASCII)
+C_ANY_BASE = re.compile(r"\s*[-+]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
+
+
+def c_number(text: str, any_base: bool) -> int | None:
+    """Read text whole as strtol(3) does, in base 10 or (any_base) base 0;
+    None if it is not a number."""
+    if not (C_ANY_BASE if any_base else C_DECIMAL).fullmatch(text):
+        return None
+    digits = text.strip().lstrip("+-")
+    base = 10
+    if any_base and digits[:2] in ("0x", "0X"):
+        base = 16
+    elif any_base and digits.startswith("0"):
+        base = 8
+    return -int(digits, base) if text.strip().startswith("-") else int(digits, base)
+
+
+def int_argument(text: str) -> int:
+    """Parse an integer as strtol(3) in base 0 does: 4096, 0x1000 or 010000."""
+    value = c_number(text, any_base=True)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text} is not a number (such as 4096, 0x1000)")
+    return value
+
+
 def proj_id_argument(text: str) -> int:
     """Parse --proj-id: an int whose low 8 bits, the ones ftok keeps, are not 0."""
     value = int_argument(text)
@@ -1465,10 +1610,9 @@ def segment_size_argument(text: str) -> int:
 
 def mode_argument(text: str) -> int:
     """Parse --mode: octal permission bits, 0 to 0777."""
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not an octal mode such as 0600") from None
+    if not re.fullmatch("[0-7]+", text, re.ASCII):
+        raise argparse.ArgumentTypeError(f"{text} is not an octal mode such as 0600")
+    mode = int(text, 8)
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{text} has bits beyond 0777")
     return mode
@@ -1476,23 +1620,15 @@ def mode_argument(text: str) -> int:
 
 def seconds_argument(text: str) -> float:
     """Parse a number of seconds: finite, 0 or more."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
-    # float() also takes "nan" and "inf": nan compares false with everything,
-    # so a deadline of nan is never reached, and inf is not a limit either.
+    # float() also takes "nan", "inf", "1_0" and digits of other scripts; only
+    # a number as C's strtod(3) reads it is a number of seconds here. nan
+    # compares false with everything, so a deadline of nan is never reached.
+    if not re.fullmatch(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", text, re.ASCII):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds")
+    seconds = float(text)
     if not math.isfinite(seconds) or seconds < 0:
         raise argparse.ArgumentTypeError(f"{text}: choose a finite number of seconds, 0 or more")
     return seconds + 0.0  # -0 becomes 0, which is how it is said
-
-
-def int_argument(text: str) -> int:
-    """Parse an integer written in decimal or with a 0x, 0o or 0b prefix."""
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number") from None
 
 
 def add_key_options(parser: argparse.ArgumentParser) -> None:
@@ -1534,6 +1670,12 @@ def key_from_arguments(args: argparse.Namespace) -> int:
     if args.proj_id > 0xFF:
         log.info("note: ftok keeps only the low 8 bits of --proj-id %#x, so the key uses %#04x",
                  args.proj_id, args.proj_id & 0xFF)
+    if os.path.realpath(args.path).startswith("/proc/"):
+        # /proc/self is each process's own, and /proc's inodes come and go
+        # with the processes: the two sides would get different keys.
+        raise Refused(ExitCode.USAGE, f"--path {args.path} is under /proc, whose files are not"
+                      " the same for every process, so processa and processb would derive"
+                      " different keys; name an ordinary file that both can stat")
     try:
         return make_key(args.path, args.proj_id)
     except OSError as err:
@@ -1693,22 +1835,6 @@ def command_stat(args: argparse.Namespace) -> int:
 # as unsigned (0xffffffff, as ipcs shows it) or signed (-1, what key_t holds).
 INT_RANGE = (-(1 << 31), (1 << 31) - 1)  # an int: what shmctl takes as shmid
 KEY_RANGE = (-(1 << 31), (1 << 32) - 1)  # 32 bits, signed or unsigned
-C_DECIMAL = re.compile(r"\s*[-+]?[0-9]+", re.ASCII)
-C_ANY_BASE = re.compile(r"\s*[-+]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", re.ASCII)
-
-
-def c_number(text: str, any_base: bool) -> int | None:
-    """Read text whole as strtol(3) does, in base 10 or (any_base) base 0;
-    None if it is not a number."""
-    if not (C_ANY_BASE if any_base else C_DECIMAL).fullmatch(text):
-        return None
-    digits = text.strip().lstrip("+-")
-    base = 10
-    if any_base and digits[:2] in ("0x", "0X"):
-        base = 16
-    elif any_base and digits.startswith("0"):
-        base = 8
-    return -int(digits, base) if text.strip().startswith("-") else int(digits, base)
 
 
 def parse_in_range(text: str, any_base: bool, bounds: tuple[int, int], what: str) -> int:
@@ -1764,11 +1890,8 @@ def remove_segment(target: int, by_key: bool, text: str) -> bool:
 
 def command_rm(args: argparse.Namespace) -> int:
     """Remove segments by shmid (like ipcrm -m) or by key (like ipcrm -M)."""
-    if args.key is not None:
-        key, text = args.key
-        removed = [remove_segment(key, by_key=True, text=text)]
-    else:
-        removed = [remove_segment(shmid, by_key=False, text=str(shmid)) for shmid in args.shmids]
+    removed = [remove_segment(shmid, by_key=False, text=str(shmid)) for shmid in args.shmids]
+    removed += [remove_segment(key, by_key=True, text=text) for key, text in args.keys]
     return ExitCode.OK if all(removed) else ExitCode.FAILURE
 
 
@@ -2074,15 +2197,18 @@ def parse_command_line(argv: list[str] | None) -> argparse.Namespace:
     show.add_argument("shmid", type=stat_shmid_argument)
     show.set_defaults(run=command_stat, verbose=0, quiet=0)
     rm = commands.add_parser("rm", help="remove segments, like ipcrm -m SHMID or -M KEY")
-    target = rm.add_mutually_exclusive_group(required=True)
-    target.add_argument("shmids", type=shmid_argument, nargs="*", default=[], metavar="SHMID")
-    target.add_argument("--key", type=key_argument, help="remove the segment at this key")
+    rm.add_argument("shmids", type=shmid_argument, nargs="*", default=[], metavar="SHMID")
+    rm.add_argument("--key", type=key_argument, action="append", default=[], dest="keys",
+                    help="remove the segment at this key (may be given again, as ipcrm -M)")
     rm.set_defaults(run=command_rm, verbose=0, quiet=0)
     clean = commands.add_parser("clean", help="remove what a crashed processa left at our key")
     add_key_options(clean)
     clean.set_defaults(run=command_clean)
     add_experiments(commands)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "rm" and not (args.shmids or args.keys):
+        rm.error("name what to remove: SHMID..., or --key KEY")
+    return args
 
 
 def add_experiments(commands: Any) -> None:
@@ -2131,6 +2257,13 @@ def run_command(args: argparse.Namespace, closed: list[str]) -> int:
     try:
         status = args.run(args)
         sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read our output has stopped (`shmm.py ls | head -1`): end
+        # as ipcs does, killed by SIGPIPE, without a word. What is still
+        # buffered goes nowhere, so that the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        die_by(signal.SIGPIPE)
+        raise
     except OSError as err:
         if err.filename is not None:  # a system call of ours: it names itself
             raise

@@ -123,10 +123,10 @@ start_command() {
 }
 
 # start NAME PROGRAM ARGS...: start_command for processa.py or processb.py,
-# with this test's key. SIGINT is reset to its default: bash starts
-# background jobs with it ignored.
+# with this test's key. SIGINT and SIGQUIT are reset to their defaults: bash
+# starts background jobs with them ignored, or inherits them so.
 start() {
-    start_command "$1" env --default-signal=INT "$PYTHON" "$here/$2" --path "$work" \
+    start_command "$1" env --default-signal=INT,QUIT "$PYTHON" "$here/$2" --path "$work" \
         --proj-id "$proj" "${@:3}"
 }
 
@@ -202,7 +202,7 @@ skip() { skip_reason=$1; }
 py() { PYTHONPATH=$here "$PYTHON" -c "$1" "${@:2}"; }
 
 run_test() {
-    local name=$1 status
+    local name=$1 status dir
     [[ $name == *"$only"* || $name == test_nothing_left_behind ]] || return 0
     number=$((number + 1))
     skip_reason=""
@@ -222,6 +222,20 @@ run_test() {
     { wait; } 2>/dev/null
     for held in "${inputs[@]}"; do exec {held}>&-; done
     inputs=()
+    for dir in "${made_dirs[@]}"; do rmdir "$dir" 2>/dev/null; done # only if empty
+    if [[ -n $global_lock_fd ]]; then exec {global_lock_fd}<&-; fi
+    global_lock_fd=""
+}
+
+# global_lock: hold, until this test ends, the lock of what every run of the
+# suite shares (nobody's /tmp/shmm-UID, the key 0xffffffff, the default
+# key), so that two runs at once take turns there instead of colliding.
+global_lock_fd=""
+global_lock() {
+    local lockfile=${TMPDIR:-/tmp}/test_shm.lock
+    [[ -e $lockfile ]] || (umask 0 && : >>"$lockfile")
+    exec {global_lock_fd}<"$lockfile"
+    must "the suite's global lock within 600 s" flock -w 600 "$global_lock_fd"
 }
 
 # --- The reference: key, lifecycle, messages -------------------------------------
@@ -366,22 +380,27 @@ test_sigint_to_processa_with_processb_attached_leaves_nothing() {
     must "no FIFOs" no_fifos
 }
 
-# at_terminal HOW [PATH [STDOUT]]: run processb with a terminal (a pty) on
-# stdin and stderr but a file on stdout; type two lines, the second longer
-# than a terminal's own 4095-byte limit, then end with HOW: eof (Ctrl-D) or
+# at_terminal HOW [PATH [STDOUT [STDERR [VARIABLE=VALUE]]]]: run processb with
+# a terminal (a pty) on stdin and stderr but a file on stdout; type two
+# lines, the second longer than a terminal's own 4095-byte limit (only
+# readline's line editing takes it), then end with HOW: eof (Ctrl-D) or
 # sigint. PATH, if not empty, is processb's PYTHONPATH; STDOUT "closed"
-# starts processb with stdout closed.
+# starts processb with stdout closed; STDERR "file" sends stderr to
+# $work/b.err instead of the terminal; VARIABLE=VALUE goes into its environment.
 at_terminal() {
     py 'import os, pty, select, signal, subprocess, sys, time
 here, work, proj, how = sys.argv[1:5]
 path = {"PYTHONPATH": sys.argv[5]} if len(sys.argv) > 5 and sys.argv[5] else {}
 stdout_closed = len(sys.argv) > 6 and sys.argv[6] == "closed"
+stderr_to_file = len(sys.argv) > 7 and sys.argv[7] == "file"
+extra = dict([sys.argv[8].split("=", 1)]) if len(sys.argv) > 8 else {}
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # for processb: bash ignores it in background jobs
 master, terminal = pty.openpty()
-with open(f"{work}/b.out", "wb") as stdout:
+with open(f"{work}/b.out", "wb") as stdout, open(f"{work}/b.err", "wb") as log:
     b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work,
-                          "--proj-id", proj], stdin=terminal, stdout=stdout, stderr=terminal,
-                         env={**os.environ, "TERM": "dumb", **path},
+                          "--proj-id", proj], stdin=terminal, stdout=stdout,
+                         stderr=log if stderr_to_file else terminal,
+                         env={**os.environ, "TERM": "dumb", **path, **extra},
                          preexec_fn=(lambda: os.close(1)) if stdout_closed else None)
 seen = b""
 def until_prompt(count):
@@ -714,8 +733,20 @@ test_processb_refuses_a_segment_more_open_than_its_mode() {
     finish a 143
 }
 
+# nobody_env: the environment prefix of whatever runs as nobody. Root's
+# SHMM_FIFO_DIR is private to root, so nobody gets none, unless a test
+# names one for nobody with nobody_fifo_dir=DIR.
+nobody_fifo_dir=""
+nobody_env() {
+    nobody_env=(env -u SHMM_FIFO_DIR)
+    [[ -z $nobody_fifo_dir ]] || nobody_env+=("SHMM_FIFO_DIR=$nobody_fifo_dir")
+}
+
 # as_nobody COMMAND...: run COMMAND as the user nobody, from /.
-as_nobody() { (cd / && setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups "$@"); }
+as_nobody() {
+    nobody_env
+    (cd / && "${nobody_env[@]}" setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups "$@")
+}
 
 # why_not_nobody: print why this run cannot test as another user, if it cannot.
 why_not_nobody() {
@@ -766,6 +797,7 @@ with shmm.Segment.find(int(sys.argv[2], 0)) as segment:
 nobody_dir_free() {
     skip_reason=$(why_not_nobody)
     [[ -z $skip_reason ]] || return 1
+    global_lock || return 1
     nobody_dir=/tmp/shmm-$(id -u nobody)
     if [[ -e $nobody_dir || -L $nobody_dir ]]; then
         skip "$nobody_dir exists already: it is not ours to replace"
@@ -798,7 +830,8 @@ test_bad_arguments_are_refused_before_anything_is_created() {
     local bad program status
     local -a cases=("--proj-id -1" "--proj-id 0x100" "--path $work/missing" "--size 0"
         "--size 18446744073709551616" "--mode 0999" "--mode rw" "--mode 01777" "--bogus"
-        "--wait -1" "--slots 0" "--size 100")
+        "--wait -1" "--slots 0" "--size 100" "--proj-id ٣" "--proj-id 1_0" "--mode ٦٠٠"
+        "--path /proc/self")
     for bad in "${cases[@]}"; do
         for program in processa.py processb.py; do
             [[ $program == processa.py && $bad == --wait* ]] && continue
@@ -882,7 +915,7 @@ signal_number() { kill -l "$1"; }
 
 test_signals_while_each_waits_for_the_other() {
     local sig
-    for sig in INT TERM HUP QUIT; do
+    for sig in INT TERM HUP QUIT USR1 USR2 ALRM; do
         next_key
         start_reader a || return 1
         kill -"$sig" "${pid[a]}"
@@ -947,6 +980,23 @@ test_processb_with_stdin_closed_is_refused_and_processa_waits_on() {
     finish b 1 || return 1
     must "one error line naming stdin" one_error b "stdin is closed" || return 1
     message_gets_through a "after the refused one"
+}
+
+test_processb_at_a_terminal_prompts_there_with_stderr_in_a_file_or_an_odd_encoding() {
+    next_key
+    start_reader a || return 1
+    at_terminal eof "" "" file
+    must "processb to end with 0 at Ctrl-D, stderr in a file" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "no prompt in the log" [ "$(grep -c "Please enter" "$work/b.err")" == 0 ] || return 1
+    must "both lines whole: line editing on" [ "$(grep -c "^Message received: x\{5000\}$" \
+        "$work/a.out")" == 1 ] || return 1
+    next_key
+    start_reader a || return 1
+    at_terminal eof "" "" "" PYTHONIOENCODING=utf-16
+    must "processb to end with 0 at Ctrl-D, PYTHONIOENCODING=utf-16" [ $? == 0 ] || return 1
+    finish a 0 || return 1
+    must "the typed line to arrive" grep -q "hello from a terminal" "$work/a.out"
 }
 
 test_processb_at_a_terminal_with_stdout_closed_still_sends() {
@@ -1094,6 +1144,7 @@ test_a_ring_whose_tokens_do_not_fit_is_refused_naming_slots() {
     skip_reason=$(why_not_nobody)
     [[ -z $skip_reason ]] || return 0
     next_key
+    global_lock || return 1
     local size=$((8 << 20)) advised nobody_dir
     nobody_dir=/tmp/shmm-$(id -u nobody)
     [[ -e $nobody_dir ]] || made_dirs+=("$nobody_dir") # nobody's processa makes it
@@ -1114,7 +1165,8 @@ sys.stdin.read()"' "$PYTHON_NOBODY" "$(id -g nobody)" <"$work/holder.in"
     must "no segment left" no_segment || return 1
     advised=$(sed -n 's/.*choose --slots \([0-9]*\) or fewer.*/\1/p' "$work/n.err")
     # The advice works: that many slots carry 16 MiB through, as nobody.
-    start_command a env -C / setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups \
+    nobody_env
+    start_command a "${nobody_env[@]}" -C / setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups \
         "$PYTHON_NOBODY" "$here/processa.py" --path "$work" --proj-id "$proj" --raw \
         --slots "$advised" --size "$size" </dev/null
     must "processa with --slots $advised to listen" wait_for logged a "waiting for processb" ||
@@ -1440,7 +1492,7 @@ test_a_size_the_layout_cannot_hold_is_refused_saying_the_limit() {
 test_wait_nan_inf_and_seed_protocol_with_raw_are_refused_and_wait_0_is_said_0() {
     next_key
     local bad status
-    for bad in "--wait nan" "--wait inf" "--wait -1e-9" "--seed-protocol --raw"; do
+    for bad in "--wait nan" "--wait inf" "--wait -1e-9" "--wait 1_0" "--seed-protocol --raw"; do
         # A wait of nan or inf never ends: give up after $deadline s.
         # shellcheck disable=SC2086 # each case is two words
         timeout "$deadline" "$PYTHON" "$here/processb.py" --path "$work" --proj-id "$proj" $bad \
@@ -1531,7 +1583,7 @@ test_ctrl_c_stops_a_shell_loop_around_either_program() {
         # A script of its own, in a process group of its own, as a terminal
         # has it: Ctrl-C sends SIGINT to the whole foreground group.
         # shellcheck disable=SC2016 # expanded by that bash, from its arguments
-        start_command loop setsid env --default-signal=INT bash -c 'for i in 1 2 3; do
+        start_command loop setsid env --default-signal=INT,QUIT bash -c 'for i in 1 2 3; do
             "$0" "$1" --path "$2" --proj-id "$3" </dev/null 2>"$4.$i.err"
             echo "run $i ended with $?" >>"$4.runs"
         done' "$PYTHON" "$here/$program" "$work" "$proj" "$work/loop"
@@ -1605,6 +1657,7 @@ sys.exit(1)" "$work/mnt/$i") || exit 1
 test_ftok_key_0xffffffff_is_a_key_not_an_error() {
     skip_reason=$(why_no_private_mounts)
     [[ -z $skip_reason ]] || return 0
+    global_lock || return 1
     if [[ -n $(shmid_of 0xffffffff) ]]; then
         skip "a segment exists at key 0xffffffff: processb would find it"
         return 0
@@ -1640,7 +1693,8 @@ test_another_users_segment_is_refused_with_advice_that_works() {
 
 # nobody_runs NAME PROGRAM ARGS...: start PROGRAM as nobody, with this test's key.
 nobody_runs() {
-    start_command "$1" env --default-signal=INT setpriv --reuid=nobody \
+    nobody_env
+    start_command "$1" "${nobody_env[@]}" --default-signal=INT,QUIT setpriv --reuid=nobody \
         --regid="$(id -g nobody)" --clear-groups /usr/bin/python3 "$here/$2" --path "$work" \
         --proj-id "$proj" "${@:3}"
 }
@@ -1650,6 +1704,7 @@ test_a_mode_0_segment_of_ones_own_is_named_so_and_removing_it_clears_the_way() {
     skip_reason=$(why_not_nobody)
     [[ -z $skip_reason ]] || return 0
     next_key
+    global_lock || return 1
     # The tutorial's b.cc, started first, makes the segment with mode 0.
     as_nobody /usr/bin/python3 -c 'import sys; sys.path[0] = sys.argv[1]
 import shmm
@@ -1736,18 +1791,18 @@ escape_with_shmm_fifo_dir() {
     fi
     # The way out: a directory of nobody's own, which processa makes.
     mkdir -m 0755 "$work/nobody" && chown nobody "$work/nobody" && chmod o+x "$work"
-    SHMM_FIFO_DIR=$work/nobody/fifos nobody_runs a processa.py </dev/null
+    nobody_fifo_dir=$work/nobody/fifos nobody_runs a processa.py </dev/null
     must "processa to listen in SHMM_FIFO_DIR" wait_for logged a \
         "waiting for processb on $work/nobody/fifos/$key.notify" || return 1
     echo "through SHMM_FIFO_DIR" >"$work/sender.in"
-    SHMM_FIFO_DIR=$work/nobody/fifos nobody_runs sender processb.py <"$work/sender.in"
+    nobody_fifo_dir=$work/nobody/fifos nobody_runs sender processb.py <"$work/sender.in"
     finish sender 0 || return 1
     finish a 0 || return 1
     must "the line to arrive" grep -q -x "Message received: through SHMM_FIFO_DIR" "$work/a.out" ||
         return 1
     # The directory named must pass the same checks: a symlink is refused.
     ln -s "$work/nobody/fifos" "$work/nobody/link"
-    SHMM_FIFO_DIR=$work/nobody/link as_nobody /usr/bin/python3 "$here/processa.py" \
+    nobody_fifo_dir=$work/nobody/link as_nobody /usr/bin/python3 "$here/processa.py" \
         --path "$work" --proj-id "$proj" </dev/null >"$work/n.out" 2>"$work/n.err"
     must "exit status 1 for a symlink" [ $? == 1 ] || return 1
     must "one error line" one_error n "$work/nobody/link must be a directory of uid" || return 1
@@ -1807,17 +1862,26 @@ test_processb_s_advice_after_a_crash_works_from_any_directory() {
 }
 
 test_a_notify_fifo_removed_while_processa_waits_is_one_error() {
-    next_key
-    start_reader a || return 1
-    # A writer comes (opens ack, then notify), and leaves without a word once
-    # the notify FIFO is gone.
-    exec {reader}<>"$fifo_dir/$key.ack" {writer}>"$fifo_dir/$key.notify"
-    rm "$fifo_dir/$key.notify"
-    exec {writer}>&- {reader}<&-
-    finish a 1 || return 1
-    must "one error line saying what happened" one_error a "was removed while processa waited" ||
-        return 1
-    must "no segment, no FIFOs" no_segment && no_fifos
+    local how
+    for how in "before any writer" "after a writer left"; do
+        next_key
+        start_reader a || return 1
+        if [[ $how == "after a writer left" ]]; then
+            # A writer comes (opens ack, then notify), and leaves without a
+            # word once the notify FIFO is gone.
+            exec {reader}<>"$fifo_dir/$key.ack" {writer}>"$fifo_dir/$key.notify"
+            rm "$fifo_dir/$key.notify"
+            exec {writer}>&- {reader}<&-
+        else
+            rm "$fifo_dir/$key.notify"
+            start b processb.py --wait 1 </dev/null
+            finish b 5 || return 1
+        fi
+        finish a 1 || return 1
+        must "one error line saying what happened ($how)" one_error a \
+            "notify was removed or replaced while processa waited" || return 1
+        must "no segment, no FIFOs ($how)" no_segment && no_fifos || return 1
+    done
 }
 
 test_a_byte_invalid_in_the_terminal_s_encoding_is_no_traceback() {
@@ -1865,6 +1929,372 @@ test_odd_settings_and_outputs_are_one_line_each() {
     must "shmm.py ls into a full disk: exit 1" [ $? == 1 ] || return 1
     must "shmm.py ls into a full disk: one line" one_error l "writing to stdout: ENOSPC" || return 1
     must "no segment, no FIFOs" no_segment && no_fifos
+}
+
+# --- What a careful attacker tried: the tutorial's writer, hangs, advice -------------
+
+# in_dir DIR NAME PROGRAM ARGS...: start PROGRAM (as start does) from DIR,
+# where the tutorial's protocol finds ./myfifo.
+in_dir() {
+    cd "$1" || return 1
+    start "${@:2}"
+    cd - >/dev/null || return 1
+}
+
+# seed_writer DIR PROJ [ARGS...]: processb --seed-protocol from DIR, for key
+# PROJ, sending two lines; stderr in $work/sw.err; return its exit status.
+seed_writer() {
+    (cd "$1" && printf 'one\ntwo\n' | "$PYTHON" "$here/processb.py" --seed-protocol --path "$work" \
+        --proj-id "$2" --wait 2 "${@:3}" >/dev/null 2>"$work/sw.err")
+}
+
+test_the_tutorial_protocol_writer_never_writes_into_a_file_or_a_symlink_named_myfifo() {
+    local planted status
+    next_key
+    mkdir "$work/reader" "$work/planted"
+    in_dir "$work/reader" a processa.py --seed-protocol || return 1
+    must "processa to listen on ./myfifo" wait_for logged a "waiting for a writer on ./myfifo" ||
+        return 1
+    printf 'IMPORTANT DATA\n' >"$work/planted/target"
+    for planted in "regular file" symlink; do
+        rm -f "$work/planted/myfifo"
+        if [[ $planted == symlink ]]; then
+            ln -s "$work/planted/target" "$work/planted/myfifo"
+        else
+            cp "$work/planted/target" "$work/planted/myfifo"
+        fi
+        seed_writer "$work/planted" "$proj"
+        status=$?
+        must "exit 1 for a $planted named myfifo, not $status" [ $status == 1 ] || return 1
+        must "one error line" one_error sw "./myfifo is a $planted, not the tutorial's FIFO" ||
+            return 1
+        must "the $planted's data untouched" \
+            [ "$(cat "$work/planted/myfifo")" == "IMPORTANT DATA" ] || return 1
+    done
+    must "the reader of another directory to have printed nothing" [ ! -s "$work/a.out" ] ||
+        return 1
+    kill -TERM "${pid[a]}"
+    finish a 143
+}
+
+test_the_tutorial_protocol_writer_talks_only_to_the_reader_of_its_key() {
+    local ours ours_key seed other
+    next_key
+    ours=$proj ours_key=$key
+    start_reader a || return 1 # our own protocol, at the first key
+    next_key
+    seed=$proj
+    mkdir "$work/d" "$work/e"
+    in_dir "$work/d" s processa.py --seed-protocol || return 1
+    must "the tutorial-protocol reader to listen" wait_for logged s "waiting for a writer" ||
+        return 1
+    seed_writer "$work/d" "$ours"
+    must "exit 3 for a segment of our own protocol, not $?" [ $? == 3 ] || return 1
+    must "one error line saying so" one_error sw \
+        "is laid out by a processa of this project's own protocol, not the tutorial's" || return 1
+    next_key
+    other=$proj
+    in_dir "$work/e" s2 processa.py --seed-protocol || return 1
+    must "a second tutorial-protocol reader to listen" wait_for logged s2 "waiting for a writer" ||
+        return 1
+    seed_writer "$work/d" "$other" # ./myfifo of the key-2 reader, the segment of key 3
+    must "exit 3 for a ./myfifo its segment's creator does not hold, not $?" [ $? == 3 ] ||
+        return 1
+    must "one error line naming the creator" one_error sw "is not held by pid ${pid[s2]}" ||
+        return 1
+    must "neither reader to have printed anything" [ ! -s "$work/s.out" ] && [ ! -s "$work/s2.out" ] ||
+        return 1
+    proj=$seed
+    start b processb.py --wait 1 </dev/null # our protocol, to a tutorial-protocol reader
+    finish b 5 || return 1
+    must "one error line with advice that fits" one_error b \
+        "run processb with --seed-protocol, in the directory where it runs" || return 1
+    if grep -q "clean" "$work/b.err"; then
+        diag "expected: no advice to clean what a live reader holds" && return 1
+    fi
+    proj=$ours key=$ours_key
+    message_gets_through a "the first key's processa untouched" || return 1
+    kill -TERM "${pid[s]}" "${pid[s2]}"
+    finish s 143 && finish s2 143
+}
+
+test_the_tutorial_protocol_writer_sends_an_endless_line_in_bounded_memory() {
+    next_key
+    mkdir "$work/endless"
+    in_dir "$work/endless" a processa.py --seed-protocol || return 1
+    must "processa to listen" wait_for logged a "waiting for a writer" || return 1
+    # 120 MB of one line, in 80 MB of address space: read as fgets(3) does,
+    # 4095 bytes at a time, never whole.
+    (cd "$work/endless" && ulimit -v 80000 && head -c 120000000 /dev/zero |
+        "$PYTHON" "$here/processb.py" --seed-protocol --path "$work" --proj-id "$proj" \
+            >/dev/null 2>"$work/b.err")
+    must "processb to end well, not $?" [ $? == 0 ] || { sed 's/^/#   /' "$work/b.err"; return 1; }
+    finish a 0 || return 1
+    must "messages to have arrived" grep -q "^Message received: " "$work/a.out"
+}
+
+test_a_stray_signal_leaves_processb_at_the_prompt_watching_for_processa() {
+    next_key
+    start_reader a || return 1
+    py 'import os, pty, select, signal, subprocess, sys, time
+here, work, proj, reader = sys.argv[1:5]
+master, terminal = pty.openpty()
+b = subprocess.Popen([sys.executable, f"{here}/processb.py", "--path", work, "--proj-id", proj],
+                     stdin=terminal, stdout=subprocess.DEVNULL, stderr=terminal,
+                     env={**os.environ, "TERM": "dumb"})
+def until(condition, what):
+    seen, deadline = b"", time.monotonic() + 30
+    while not condition(seen):
+        assert time.monotonic() < deadline, f"{what}: {seen!r}"
+        if select.select([master], [], [], 0.05)[0]:
+            seen += os.read(master, 65536)
+    return seen
+until(lambda seen: b"Please enter: " in seen, "a prompt")
+[watcher] = [task for task in os.listdir(f"/proc/{b.pid}/task") if int(task) != b.pid]
+def watcher_state():
+    with open(f"/proc/{b.pid}/task/{watcher}/wchan") as wchan, \
+            open(f"/proc/{b.pid}/task/{watcher}/status") as status:
+        switches = [row for row in status if row.startswith("voluntary_ctxt_switches")]
+        return "poll" in wchan.read(), int(switches[0].split()[1])
+until(lambda _: watcher_state()[0], "the watcher to poll")
+before = watcher_state()[1]
+os.kill(b.pid, signal.SIGURG)  # what the watcher pokes with, from outside: no news
+os.kill(b.pid, signal.SIGWINCH)
+# The watcher wakes for it, and must go back to polling for processa.
+until(lambda _: watcher_state() [0] and watcher_state()[1] > before, "the watcher to poll again")
+os.kill(int(reader), signal.SIGTERM)
+status = b.wait(timeout=30)
+sys.exit(0 if status == 7 else 1)' "$here" "$work" "$proj" "${pid[a]}"
+    must "processb at the prompt to notice processa went away after stray signals (exit 7)" \
+        [ $? == 0 ] || return 1
+    finish a 143
+}
+
+test_processb_counts_only_the_mode_bits_that_let_others_in() {
+    local mode who
+    for mode in 0700 0640 0604 0666; do
+        next_key
+        start_reader a --mode "$mode" || return 1
+        start b processb.py </dev/null
+        if [[ $mode == 0700 ]]; then
+            must "--mode 0700 gives nobody else anything: processb sends" finish b 0 || return 1
+            finish a 0 || return 1
+            continue
+        fi
+        finish b 3 || return 1
+        case $mode in
+        0640) who="members of group $(id -gn) (gid $(id -g)) can read what you send" ;;
+        0604) who="every other user can read what you send" ;;
+        *) who="members of group $(id -gn) (gid $(id -g)) can read and change and every other user can read and change what you send" ;;
+        esac
+        must "one error line saying who gets what for $mode" one_error b \
+            "has mode $mode, more open than --mode 0600: $who. Pass --mode $mode" || return 1
+        kill -TERM "${pid[a]}"
+        finish a 143 || return 1
+    done
+}
+
+# default_key_reader: start processa at the default key (this checkout, the
+# default project id) as d, under the global lock; return 1 with a reason in
+# skip_reason if some other segment is there already.
+default_key_reader() {
+    global_lock || return 1
+    local default
+    default=$(shmm key -q) && keys+=("$default")
+    if [[ -n $(shmid_of "$default") ]]; then
+        skip "a segment exists at the default key $default: not ours to disturb"
+        return 1
+    fi
+    start_command d env --default-signal=INT,QUIT "$PYTHON" "$here/processa.py"
+    must "processa at the default key to listen" wait_for logged d "waiting for processb"
+}
+
+test_make_demo_runs_at_a_key_of_its_own_even_twice_at_once() {
+    local demo status
+    default_key_reader || { [[ -n $skip_reason ]] && return 0; return 1; }
+    for demo in 1 2; do
+        start_command "demo$demo" make -s -C "$here" demo </dev/null
+    done
+    for demo in 1 2; do
+        finish "demo$demo" 0 || return 1
+        must "demo $demo to print its four lines" \
+            [ "$(grep -c "^Message received: " "$work/demo$demo.out")" == 4 ] || return 1
+    done
+    must "the processa at the default key untouched" running d || return 1
+    must "and still waiting, having printed nothing" [ ! -s "$work/d.out" ] || return 1
+    "$PYTHON" "$here/processb.py" <<<"for the default key" 2>"$work/db.err"
+    must "its processb to end well" [ $? == 0 ] || return 1
+    finish d 0 || return 1
+    must "the line to arrive at the default key" \
+        grep -q -x "Message received: for the default key" "$work/d.out"
+}
+
+test_shmm_rm_takes_several_keys_and_ids_as_ipcrm_does() {
+    local ids=() keyed=() k
+    for k in 1 2 3; do
+        next_key
+        ids+=("$(make_segment "")") && shmids+=("${ids[-1]}") && keyed+=("$key")
+    done
+    must "rm --key K1 --key K2 SHMID3 to succeed" shmm rm --key "${keyed[0]}" --key "${keyed[1]}" \
+        "${ids[2]}" || return 1
+    for k in 0 1 2; do
+        must "segment ${ids[k]} gone" segment_gone "${ids[k]}" || return 1
+    done
+    shmm rm 2>"$work/rm.err"
+    must "rm with nothing to remove: exit 2, not $?" [ $? == 2 ] || return 1
+    must "one error line" one_error rm "name what to remove"
+}
+
+test_fifo_directory_advice_never_asks_to_change_a_directory_we_did_not_make() {
+    local dir
+    : >"$work/a-file"
+    for dir in /tmp "$work/a-file"; do
+        next_key
+        SHMM_FIFO_DIR=$dir "$PYTHON" "$here/processa.py" --path "$work" --proj-id "$proj" \
+            </dev/null >/dev/null 2>"$work/fd.err"
+        must "SHMM_FIFO_DIR=$dir: exit 1, not $?" [ $? == 1 ] || return 1
+        must "one error line asking for a private directory of one's own" one_error fd \
+            "SHMM_FIFO_DIR must name a private directory of your own" || return 1
+        if grep -q -E "chmod|remove it" "$work/fd.err"; then
+            diag "expected: no advice to change $dir" && return 1
+        fi
+        must "no segment" no_segment || return 1
+    done
+    must "a regular file called so" grep -q "this is a regular file" "$work/fd.err"
+}
+
+# why_no_private_ipc: print why this run cannot have an IPC namespace of its own.
+why_no_private_ipc() {
+    if ! command -v unshare >/dev/null; then
+        echo "no unshare(1)"
+    elif ! in_private_ipc sh -c 'echo 1 >/proc/sys/kernel/shm_rmid_forced' 2>/dev/null; then
+        echo "unshare --ipc (or -r --ipc) and setting shm_rmid_forced are not allowed here"
+    fi
+}
+in_private_ipc() {
+    if [[ $(id -u) == 0 ]]; then unshare --ipc "$@"; else unshare -r --ipc "$@"; fi
+}
+
+test_kernel_shm_rmid_forced_ends_a_clean_run_cleanly() {
+    skip_reason=$(why_no_private_ipc)
+    [[ -z $skip_reason ]] || return 0
+    next_key
+    # In an IPC namespace of its own, where segments die at their last detach.
+    # shellcheck disable=SC2016 # expanded by that bash, from its arguments
+    in_private_ipc bash -c 'echo 1 >/proc/sys/kernel/shm_rmid_forced
+        "$0" "$1/processa.py" --path "$2" --proj-id "$3" >"$2/f.out" 2>"$2/f.err" & reader=$!
+        for i in $(seq 600); do grep -q "waiting for processb" "$2/f.err" && break; sleep 0.05; done
+        echo "with shm_rmid_forced" | "$0" "$1/processb.py" --path "$2" --proj-id "$3" 2>"$2/fb.err"
+        wait $reader' "$PYTHON" "$here" "$work" "$proj"
+    must "processa to end well, not $?" [ $? == 0 ] || { sed 's/^/#   /' "$work/f.err"; return 1; }
+    must "the line through" grep -q -x "Message received: with shm_rmid_forced" "$work/f.out" ||
+        return 1
+    must "its segment removed by itself" logged f "removed shmid .* (IPC_RMID)" || return 1
+    if logged f "already removed"; then
+        diag "expected: no warning that someone else removed it" && return 1
+    fi
+}
+
+test_fifos_are_private_whatever_the_umask_and_unmakeable_ones_are_one_line() {
+    local saved
+    next_key
+    saved=$(umask)
+    umask 0277
+    SHMM_FIFO_DIR=$work/masked start_reader a
+    umask "$saved"
+    must "the directory made with mode 700 under umask 0277" \
+        [ "$(stat -c %a "$work/masked")" == 700 ] || return 1
+    must "the FIFOs with mode 600" [ "$(stat -c %a "$work/masked/$key.notify")" == 600 ] ||
+        return 1
+    SHMM_FIFO_DIR=$work/masked message_gets_through a "under umask 0277" || return 1
+    skip_reason=$(why_not_nobody)
+    [[ -z $skip_reason ]] || return 0
+    # As nobody: a FIFO directory of its own that it may not write, and the
+    # tutorial's protocol in a directory (/) that it may not write.
+    next_key
+    chmod o+x "$work"
+    mkdir -m 0500 "$work/readonly" && chown nobody "$work/readonly"
+    nobody_fifo_dir=$work/readonly as_nobody "$PYTHON_NOBODY" "$here/processa.py" --path "$work" \
+        --proj-id "$proj" </dev/null >/dev/null 2>"$work/n.err"
+    must "exit 1 for a FIFO directory nobody cannot write, not $?" [ $? == 1 ] || return 1
+    must "one error line naming the call" one_error n \
+        "mkfifo(pathname='$work/readonly/$key.notify', mode=0600): EACCES (Permission denied): uid $(id -u nobody) cannot make FIFOs in $work/readonly" ||
+        return 1
+    must "no segment" no_segment || return 1
+    as_nobody "$PYTHON_NOBODY" "$here/processa.py" --seed-protocol --path "$work" --proj-id "$proj" \
+        </dev/null >/dev/null 2>"$work/n.err"
+    must "exit 1 for ./myfifo in a directory nobody cannot write, not $?" [ $? == 1 ] || return 1
+    must "one error line with advice" one_error n \
+        "mkfifo(pathname='myfifo', mode=0664): EACCES (Permission denied): processa --seed-protocol makes ./myfifo in the current directory" ||
+        return 1
+    must "no segment" no_segment
+}
+
+# proc_ctime SHMID: the segment's creation time, from /proc/sysvipc/shm.
+proc_ctime() { awk -v id="$1" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "ctime") c = i }
+    NR > 1 && $2 == id { print $c }' /proc/sysvipc/shm; }
+older_than() { (($(date +%s) - $(proc_ctime "$1") > $2)); }
+
+test_a_blank_segment_another_program_holds_is_named_not_waited_for() {
+    next_key
+    open_input holder
+    start_command holder env PYTHONPATH="$here" "$PYTHON" -c 'import shmm, sys
+print(shmm.Segment.create(int(sys.argv[1], 0), 4096, 0o600).shmid, flush=True)
+sys.stdin.read()  # alive, attached nowhere' "$key" <"$work/holder.in"
+    must "the holder to make its segment" wait_for [ -s "$work/holder.out" ] || return 1
+    local blank
+    blank=$(cat "$work/holder.out") && shmids+=("$blank")
+    start a processa.py
+    finish a 3 || return 1
+    must "while new: a processa starting, try again" one_error a "has just created" || return 1
+    must "the segment to be older than a processa takes to set up" wait_for older_than "$blank" 5 ||
+        return 1
+    start a processa.py
+    finish a 3 || return 1
+    must "then: who holds it, and another key" one_error a \
+        "all zero, made" || return 1
+    must "naming pid and command" one_error a "by pid ${pid[holder]} (python" || return 1
+    must "and the way out" one_error a "pick another key with --proj-id" || return 1
+    must "the segment untouched" segment_exists "$blank" || return 1
+    exec {input}>&-
+    finish holder 0 && ipcrm -m "$blank"
+}
+
+test_processb_s_clean_advice_works_for_a_path_that_is_not_utf_8() {
+    local odd advice
+    next_key
+    odd=$work/$'odd\xff dir'
+    mkdir "$odd"
+    key=$(shmm key --path "$odd" --proj-id "$proj" -q) && keys+=("$key")
+    start_command a env "$PYTHON" "$here/processa.py" --path "$odd" --proj-id "$proj"
+    must "processa to listen" wait_for logged a "waiting for processb" || return 1
+    kill -KILL "${pid[a]}"
+    finish a 137 || return 1
+    "$PYTHON" "$here/processb.py" --path "$odd" --proj-id "$proj" --wait 0 </dev/null 2>"$work/b.err"
+    must "exit 5" [ $? == 5 ] || return 1
+    # shellcheck disable=SC2016 # the backquotes are processb's, not a command
+    advice=$(sed -n 's/.*if processa crashed, `\([^`]*\)` removes what it left.*/\1/p' "$work/b.err")
+    must "processb to name the command" [ -n "$advice" ] || return 1
+    (cd / && eval "$advice") 2>"$work/clean.err"
+    must "the advice, followed, to succeed ($advice)" [ $? == 0 ] || return 1
+    must "no segment, no FIFOs" no_segment && no_fifos
+}
+
+test_shmm_ls_into_a_closed_pipe_ends_quietly_as_ipcs_does() {
+    py 'import os, subprocess, sys
+reading, writing = os.pipe()
+os.close(reading)  # nobody will read: the first write fails
+ls = subprocess.run([sys.executable, f"{sys.argv[1]}/shmm.py", "ls"], stdout=writing,
+                    stderr=subprocess.PIPE)
+sys.exit(0 if ls.returncode == -13 and not ls.stderr else print(ls.returncode, ls.stderr) or 1)' \
+        "$here"
+    must "shmm.py ls into a closed pipe: killed by SIGPIPE, nothing on stderr" [ $? == 0 ]
+}
+
+test_a_proj_id_with_a_leading_0_is_octal_as_in_c() {
+    next_key
+    must "--proj-id 071 to be 57 (0x39), as strtol reads it" \
+        [ "$(shmm key --path "$work" --proj-id 071 -q)" == "$(key_for 57)" ]
 }
 
 # --- The lessons and the experiment commands ------------------------------------
@@ -1995,18 +2425,9 @@ test_ctrl_c_in_the_middle_of_a_lesson_leaves_nothing_behind() {
     done
 }
 
-# in_private_ipc COMMAND...: run COMMAND in an IPC namespace of its own (as
-# root, or as a normal user mapped to root in a user namespace), whose
-# segments and sysctls nobody else sees.
-in_private_ipc() {
-    if [[ $(id -u) == 0 ]]; then unshare -i "$@"; else unshare -r -i "$@"; fi
-}
-
 test_where_segments_die_with_their_process_the_lessons_that_need_them_are_skipped() {
-    if ! in_private_ipc sh -c 'echo 1 >/proc/sys/kernel/shm_rmid_forced' 2>/dev/null; then
-        skip "no IPC namespace of our own to set shm_rmid_forced in (unshare -i)"
-        return 0
-    fi
+    skip_reason=$(why_no_private_ipc)
+    [[ -z $skip_reason ]] || return 0
     # shellcheck disable=SC2016 # expanded by that bash, from its arguments
     in_private_ipc bash -c 'echo 1 >/proc/sys/kernel/shm_rmid_forced && "$0" 3 && "$0" 10' \
         "$here/lessons.sh" </dev/null >"$work/lessons.out" 2>&1
