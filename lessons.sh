@@ -260,9 +260,12 @@ fresh_key() {
 }
 
 # create_segment [OPTIONS]: run shmm.py create at a fresh key; set id to its shmid.
-create_segment() {
+create_segment() { create_segment_as shmm.py "$@"; }
+
+# create_segment_as SHMM [OPTIONS]: the same, with SHMM for shmm.py (nobody's, say).
+create_segment_as() {
     fresh_key
-    run "shmm.py create --path . --proj-id $proj${1:+ $1}"
+    run "$1 create --path . --proj-id $proj${2:+ $2}"
     expect "create's exit status" 0 "$status"
     id=$(tail -n 1 <<<"$output")
     expect "a segment with shmid $id at key $key (/proc/sysvipc/shm)" "$id" "$(shmid_at "$key")"
@@ -440,15 +443,6 @@ lesson_4() {
     expect_said "IPC_STAT's mode, as the tutorial printed it" "mode in decimal: 438"
     expect_said "which is 0666 in octal" "octal 0666"
     remove_segment
-}
-
-# create_segment_as USER: create_segment, with USER's shmm.py.
-create_segment_as() {
-    fresh_key
-    run "$1 create --path . --proj-id $proj"
-    expect "create's exit status" 0 "$status"
-    id=$(tail -n 1 <<<"$output")
-    expect "a segment with shmid $id at key $key (/proc/sysvipc/shm)" "$id" "$(shmid_at "$key")"
 }
 
 # attached NAME: NAME, a shmm.py attach, has printed nattch: it holds the segment.
