@@ -119,6 +119,8 @@ keys=()              # every key a lesson used
 skipped=()           # the lessons that could not run here
 held=()              # the FIFOs this script holds open for its background processes
 declare -A pids=()   # background processes by name
+dies_with_us=""      # what makes a background process end with this script (start)
+setpriv --pdeathsig TERM true 2>/dev/null && dies_with_us="setpriv --pdeathsig TERM"
 declare -A shown=()  # lines of each one's output shown so far
 
 tutorial() { printf '\nThe tutorial: %s\n' "$1"; }
@@ -143,13 +145,15 @@ run() {
 # background, as the process pids[NAME] (exec: no shell in between, so that
 # signals reach it). What it prints goes to $logs/NAME (unless COMMAND says
 # where), and show_new NAME shows it. It gets none of the FIFOs held here,
-# or it would never see the end of its input.
+# or it would never see the end of its input. And it gets SIGTERM if this
+# script dies, even by kill -9, which no trap catches: a holder, or the
+# tutorial's b.cc at the end of its input, would otherwise run for ever.
 start() {
     local closed=" $stdout>&-" fd
     shown_as "\$ $2 &"
     for fd in "${held[@]}"; do closed+=" $fd>&-"; done
     : >"$logs/$1" # now, so that no poll reads what an earlier NAME printed, or finds nothing
-    eval "exec $(spelled_out "$2")$closed" >"$logs/$1" 2>&1 &
+    eval "exec $dies_with_us $(spelled_out "$2")$closed" >"$logs/$1" 2>&1 &
     pids[$1]=$!
     shown[$1]=0
 }
