@@ -2394,18 +2394,8 @@ lessons_beside_a_processa_at_the_default_key() {
 }
 
 test_make_lessons_shows_what_the_kernel_says_leaves_nothing_and_spares_processa() {
-    local lock status
-    # Parallel runs of the suite share the default key: one at a time here.
-    exec {lock}>>"/tmp/shmm-test-default-key-$(id -u).lock"
-    if ! flock -w "$deadline" "$lock"; then
-        exec {lock}>&-
-        skip "another run of the suite held /tmp/shmm-test-default-key-$(id -u).lock for $deadline s"
-        return 0
-    fi
+    global_lock || return 1 # parallel runs of the suite share the default key
     lessons_beside_a_processa_at_the_default_key
-    status=$?
-    exec {lock}>&-
-    return $status
 }
 
 test_ctrl_c_in_the_middle_of_a_lesson_leaves_nothing_behind() {
