@@ -68,15 +68,19 @@ class ExitCode(enum.IntEnum):
     OK = 0                 # finished; everything this process made is removed
     FAILURE = 1            # a system call failed (not as below), the FIFO directory
                            # is not private, or stdin (processb) or stdout (processa)
-                           # is closed or fails
+                           # is closed or fails; shmm.py: no segment has that shmid
     USAGE = 2              # bad command line or ftok path (argparse uses 2 too), a
                            # --slots whose tokens do not fit this user's pipes, or
-                           # input that text mode cannot carry (use --raw)
+                           # input that text mode cannot carry (use --raw); a TEXT
+                           # too long for the segment (shmm.py write)
     SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not
                            # fit; processa's FIFOs are in use by a live processa; or
-                           # processb's --raw differs from processa's
+                           # processb's --raw differs from processa's; shmm.py create
+                           # at a key that has a segment (EEXIST), or shmm.py write
+                           # into a processa's segment
     PERMISSION_DENIED = 4  # the segment's mode does not let this user use it (or, for
-                           # processb --seed-protocol, the reader's /proc/PID/fd is not ours)
+                           # processb --seed-protocol, the reader's /proc/PID/fd is not ours;
+                           # for shmm.py chmod, the segment is not ours: EPERM)
     NO_READER = 5          # processb: no processa came up within --wait seconds
     WRITER_BUSY = 6        # processb: another processb has this processa
     PEER_GONE = 7          # the other process went away in mid-conversation
