@@ -480,8 +480,8 @@ lesson_5() {
     read -r range _ < <(awk -v id="$id" '$5 == id' "/proc/${pids[holder]}/maps")
     expect "the length of its mapping in /proc/${pids[holder]}/maps" $((2 * page)) \
         $((16#${range#*-} - 16#${range%-*}))
-    say "The whole second page is mapped, though only its first byte belongs to the segment:" \
-        "size segments in whole pages."
+    say "The whole second page is mapped, though the segment uses only its first byte:" \
+        "so make a segment's size a whole number of pages, as the tutorial advises."
     run "echo >hold5"
     finish holder
     show_new holder
