@@ -251,6 +251,33 @@ test_key_logged_equals_ipcs_and_the_ftok_formula() {
     finish a 143
 }
 
+# readme_program NAME: the Python block of README.md whose first line is "# NAME - ...".
+readme_program() {
+    awk -v first="# $1 - " '/^```python$/ { inside = 1; lines = ""; next }
+        inside && /^```$/ { inside = 0; if (index(lines, first) == 1) printf "%s", lines; next }
+        inside { lines = lines $0 "\n" }' "$here/README.md"
+}
+
+test_the_readme_s_first_program_runs_as_printed() {
+    local shmid text
+    mkdir "$work/first" || return 1
+    readme_program writer.py >"$work/first/writer.py"
+    readme_program reader.py >"$work/first/reader.py"
+    must "README.md to print writer.py" [ -s "$work/first/writer.py" ] || return 1
+    must "README.md to print reader.py" [ -s "$work/first/reader.py" ] || return 1
+    key=$(shmm key --path "$work/first" --proj-id 0x47 -q) && keys+=("$key")
+    text=$(cd "$work/first" && PYTHONPATH=$here "$PYTHON" writer.py hello, shared memory)
+    must "writer.py to end well" [ $? == 0 ] || return 1
+    shmid=$(ipcs_field "$key" 2) && shmids+=("$shmid")
+    must "writer.py to name its shmid and key: $text" \
+        [ "$text" == "shmid $shmid at key $key holds 21 bytes" ] || return 1
+    must "the segment to outlive the writer, nobody attached" nattch_is 0 || return 1
+    text=$(cd "$work/first" && PYTHONPATH=$here "$PYTHON" reader.py)
+    must "reader.py, another process, to print what writer.py left: $text" \
+        [ "$text" == "hello, shared memory" ] || return 1
+    must "reader.py to have removed the segment" no_segment
+}
+
 test_segment_lifecycle_seen_by_ipcs() {
     next_key
     start_reader a || return 1
