@@ -18,16 +18,16 @@ segment with `make watch` (ipcs -m once a second).
     [Info][...]::processb (pid 4242) closed the channel after 2 messages
     [Info][...]::removed /tmp/shmm-1000/0x46010004.ack
     [Info][...]::removed /tmp/shmm-1000/0x46010004.notify
-    [Info][...]::detached from shmid 3 (shmdt)
     [Info][...]::removed shmid 3 (IPC_RMID)
+    [Info][...]::detached from shmid 3 (shmdt)
 
 In order, it: derives the key with ftok(3); creates the segment exclusively
 with shmget(2) (removing one that a crashed processa left behind); attaches
 it with shmat(2) and writes the header; makes the two FIFOs; waits for
 processb; prints each message as it arrives, a frame of lines at a time;
 and, when processb has sent its END frame and closed, or a signal comes,
-closes and removes the FIFOs (if still its own), detaches with shmdt(2) and
-removes the segment with shmctl(2) IPC_RMID. Without an END frame it says
+closes and removes the FIFOs (if still its own), removes the segment with
+shmctl(2) IPC_RMID and detaches with shmdt(2). Without an END frame it says
 that the output may be incomplete, and exits 7.
 
 Messages go to stdout, one line each, as soon as they arrive; with --raw,
@@ -61,27 +61,36 @@ log = logging.getLogger("processa")
 def serve(args: argparse.Namespace, closed: list[str]) -> int:
     """The whole story: make the key, create and attach the segment, serve
     processb, clean up. Each step is a function below, or in shmm.py."""
-    if "stdout" in closed:
-        raise shmm.Refused(ExitCode.FAILURE, "stdout is closed (>&-): there is nowhere to print"
-                           " the messages; give processa an open stdout, such as > messages.txt")
+    check_stdout(closed)
     key = shmm.key_from_arguments(args)  # ftok(3)
     log.info("ftok(%r, %#x) gave key %s", args.path, args.proj_id, shmm.show_key(key))
-    # The cleanup undoes each step, in reverse, on every way out: the end,
-    # an error, a signal. Signals are held while the segment is made and
-    # attached, so that it is registered for removal before Ctrl-C can stop us.
-    with shmm.Cleanup() as cleanup:
-        with shmm.signals_deferred():
-            segment = cleanup.enter_context(shmm.create_segment(key, args.size, args.mode))
-            memory = segment.attach()
-        log.info("shmget created shmid %d: %d bytes, mode %04o", segment.shmid, args.size,
-                 args.mode)
-        log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
-        log_status(segment)
+    with shmm.Cleanup() as cleanup:  # undoes each step, in reverse, on every way out
+        memory = create_and_attach(cleanup, key, args)  # shmget(2), shmat(2)
         if args.seed_protocol:
             serve_tutorial_protocol(cleanup, memory)
         else:
             serve_messages(cleanup, key, memory, args)
     return ExitCode.OK
+
+
+def check_stdout(closed: list[str]) -> None:
+    """Refuse to start without somewhere to print."""
+    if "stdout" in closed:
+        raise shmm.Refused(ExitCode.FAILURE, "stdout is closed (>&-): there is nowhere to print"
+                           " the messages; give processa an open stdout, such as > messages.txt")
+
+
+def create_and_attach(cleanup: shmm.Cleanup, key: int, args: argparse.Namespace) -> memoryview:
+    """Create the segment and map it, registered for removal on every way out."""
+    # Signals are held while the segment is made and attached, so that it is
+    # registered for removal before Ctrl-C can stop us.
+    with shmm.signals_deferred():
+        segment = cleanup.enter_context(shmm.create_segment(key, args.size, args.mode))
+        memory = segment.attach()
+    log.info("shmget created shmid %d: %d bytes, mode %04o", segment.shmid, args.size, args.mode)
+    log.info("shmat mapped shmid %d at %#x", segment.shmid, segment.address)
+    log_status(segment)
+    return memory
 
 
 def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
