@@ -2,7 +2,7 @@
 
 This file is the library behind processa.py (the reader, started first) and
 processb.py (the writer). Read it top to bottom: each section introduces one
-idea and uses nothing from the sections below it.
+idea and builds on the sections above it only.
 
     Part I. System V shared memory
      1. libc through ctypes         the C calls, declared once
@@ -28,8 +28,8 @@ idea and uses nothing from the sections below it.
 
 It is also a small ipcs/ipcrm built on the same calls:
 
-    $ python3 shmm.py key                # our key, as ipcs prints it
-    0x46010004
+    $ python3 shmm.py key                # our key, as ipcs prints it (yours differs:
+    0x46010004                           # ftok takes it from your file's inode)
     $ python3 shmm.py ls                 # like ipcs -m
     $ python3 shmm.py stat 3             # like ipcs -m -i 3, and the mode in decimal
     $ python3 shmm.py rm 3               # like ipcrm -m 3 (--key KEY: ipcrm -M)
@@ -81,9 +81,24 @@ log = logging.getLogger("shmm")
 # ======================================================================================
 # Part I. System V shared memory
 #
-# Sections 1 to 7 are complete on their own: with them, Python creates a
-# segment, attaches it, looks at it as ipcs does, detaches and removes it.
-# Someone who wants only that can stop reading at the end of section 7.
+# Shared memory is the same pages of memory mapped into two processes:
+# what one stores there, the other loads, with no system call and no copy
+# through the kernel. Five calls make it (svipc(7)), and sections 2 to 7
+# take them in the order a program meets them; section 1 is how Python
+# calls C at all. The whole life of a segment, in Part I's own words:
+#
+#     key = make_key(".", 0x47)                   # 2. ftok(3): a name both sides compute
+#     segment = Segment.create(key, 4096, 0o600)  # 3. shmget(2): a new segment, by key
+#     memory = segment.attach()                   # 5. shmat(2): mapped here
+#     memory[:6] = b"hello\0"                     #    a plain store: no system call
+#     print(segment.status().shm_nattch)          # 4. IPC_STAT: 1 process attached
+#     segment.detach()                            # 5. shmdt(2): unmapped; the segment stays
+#     segment.remove()                            # 6. shmctl(2) IPC_RMID: gone
+#
+# Until the remove, even after this process has exited, another process
+# that makes the same key finds the segment (Segment.find), attaches it and
+# reads "hello": README.md's first program is that pair of processes. Sections 1 to 7 are complete on their own;
+# someone who wants only that can stop reading at the end of section 7.
 # ======================================================================================
 
 
@@ -136,6 +151,12 @@ def declare(name: str, restype: Any, failed: Any, *, errno_decides: bool = False
     return function
 
 
+# A failure names the call as a C programmer would write it, such as
+# shmget(key=0x46010004, size=4096, shmflg=IPC_CREAT|IPC_EXCL|0600). Keys
+# and flags are shown by show_key and show_flags, beside the calls that take
+# them (sections 2 and 3); a message needs them only once a call has failed.
+
+
 def show_call(name: str, params: dict, arguments: tuple) -> str:
     """Write a call the way a C programmer would, to say which one failed."""
     shown = (f"{param}={show_argument(param, value)}" for param, value in zip(params, arguments))
@@ -159,25 +180,6 @@ def show_argument(param: str, value: Any) -> str:
     if param == "buf":
         return "&buf" if value is not None else "NULL"
     return str(value)
-
-
-def show_key(key: int) -> str:
-    """Show a key as ipcs does: 0x and eight hex digits, even when key_t is negative."""
-    return f"0x{key & 0xFFFFFFFF:08x}"
-
-
-def show_flags(flags: int) -> str:
-    """Show shmget or shmat flags as IPC_CREAT|IPC_EXCL|0600, SHM_RDONLY or 0."""
-    names = [name for name, bit in (("IPC_CREAT", IPC_CREAT), ("IPC_EXCL", IPC_EXCL),
-                                    ("SHM_RDONLY", SHM_RDONLY)) if flags & bit]
-    if flags & 0o777 or not names:
-        names.append(show_mode(flags & 0o777))
-    return "|".join(names)
-
-
-def show_mode(mode: int) -> str:
-    """Show permission bits as C's %#o does: 0600, 01600, or 0."""
-    return f"0{mode:o}" if mode else "0"
 
 
 # --- 2. The key: ftok(3) --------------------------------------------------------------
@@ -219,6 +221,11 @@ def ftok_formula(path: str, proj_id: int) -> str:
             f" | st_ino {st.st_ino & 0xFFFF:#06x}")
 
 
+def show_key(key: int) -> str:
+    """Show a key as ipcs does: 0x and eight hex digits, even when key_t is negative."""
+    return f"0x{key & 0xFFFFFFFF:08x}"
+
+
 # --- 3. Create or find: shmget(2) -----------------------------------------------------
 #
 # shmget(key, size, shmflg) returns a shmid: the key is the name the kernel
@@ -236,6 +243,21 @@ def ftok_formula(path: str, proj_id: int) -> str:
 
 shmget = declare("shmget", ctypes.c_int, -1,
                  key=ctypes.c_int, size=ctypes.c_size_t, shmflg=ctypes.c_int)
+
+
+def show_flags(flags: int) -> str:
+    """Show shmget or shmat flags as IPC_CREAT|IPC_EXCL|0600, SHM_RDONLY or 0."""
+    names = [name for name, bit in (("IPC_CREAT", IPC_CREAT), ("IPC_EXCL", IPC_EXCL),
+                                    ("SHM_RDONLY", SHM_RDONLY)) if flags & bit]
+    if flags & 0o777 or not names:
+        names.append(show_mode(flags & 0o777))
+    return "|".join(names)
+
+
+def show_mode(mode: int) -> str:
+    """Show permission bits as C's %#o does: 0600, 01600, or 0."""
+    return f"0{mode:o}" if mode else "0"
+
 
 # --- 4. Look at it: shmctl(2) IPC_STAT ------------------------------------------------
 #
@@ -381,15 +403,6 @@ class Segment(contextlib.AbstractContextManager):
             log.warning("shmid %d was already removed by someone else (ipcrm?)", self.shmid)
             return
         log.info("removed shmid %d (IPC_RMID)", self.shmid)
-
-
-# Part I in use, the whole life of a segment (ipcs -m shows it meanwhile):
-#
-#     with Segment.create(make_key(".", 0x47), 4096, 0o600) as segment:
-#         memory = segment.attach()                 # shmat
-#         memory[:5] = b"hello"                     # plain memory from here on
-#         print(segment.status().shm_nattch)        # IPC_STAT: 1
-#     # leaving the block detached (shmdt) and removed it (IPC_RMID)
 
 
 # ======================================================================================
