@@ -144,16 +144,16 @@ def find_segment(key: int, args: argparse.Namespace) -> shmm.Segment:
 def who_else(bits: int, status: shmm.shmid_ds) -> str:
     """Say who besides us can reach what we send through a segment whose mode
     has these group (0o060) and other (0o006) bits."""
-    def can(rw: int) -> str:
-        return {4: "read", 2: "change", 6: "read and change"}[rw]
-    who = []
-    if bits & 0o060:
-        gid = status.shm_perm.gid
-        who.append(f"members of group {shmm.group_name(gid)} (gid {gid}) can"
-                   f" {can(status.shm_perm.mode >> 3 & 6)}")
-    if bits & 0o006:
-        who.append(f"every other user can {can(status.shm_perm.mode & 6)}")
-    return " and ".join(who) + " what you send"
+    can = {4: "can read", 2: "can change", 6: "can read and change"}
+    group = status.shm_perm.mode >> 3 & 6 if bits & 0o060 else 0
+    other = status.shm_perm.mode & 6 if bits & 0o006 else 0
+    gid = status.shm_perm.gid
+    members = f"members of group {shmm.group_name(gid)} (gid {gid})"
+    if group and group == other:
+        return f"{members} and every other user {can[group]} what you send"
+    who = [f"{members} {can[group]}"] if group else []
+    who += [f"every other user {can[other]}"] if other else []
+    return ", and ".join(who) + " what you send"
 
 
 def attach_segment(cleanup: shmm.Cleanup, key: int, args: argparse.Namespace) -> shmm.Segment:
@@ -230,7 +230,8 @@ def clean_command(args: argparse.Namespace) -> str:
     shmm_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shmm.py")
     named = os.environ.get(comm.FIFO_DIR_VARIABLE)
     where = f"{comm.FIFO_DIR_VARIABLE}={shell_quote(named)} " if named else ""
-    return (f"{where}python3 {shell_quote(shmm_py)} clean --path {shell_quote(args.path)}"
+    path = os.path.abspath(args.path)
+    return (f"{where}python3 {shell_quote(shmm_py)} clean --path {shell_quote(path)}"
             f" --proj-id {args.proj_id:#x}")
 
 
@@ -418,6 +419,10 @@ def send_tutorial_protocol(key: int, args: argparse.Namespace) -> int:
         memory = segment.memory
         check_tutorial_reader(segment, fifo_fd, key)
         most = len(memory) - 1  # bytes of a string, before its NUL
+        if most < 1:
+            raise Refused(ExitCode.SEGMENT_CONFLICT, f"the segment at key {show_key(key)} has"
+                          f" {len(memory)} byte: no room for a line and its NUL; the tutorial's"
+                          " reader makes one of 4096")
         with stop_when_processa_leaves(fifo_fd):
             for line in lines_with_newlines(most):
                 for start in range(0, len(line), most):

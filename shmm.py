@@ -1126,8 +1126,15 @@ def make_fifo(path: str, mode: int) -> tuple[int, int]:
         if not stat.S_ISFIFO(info.st_mode):
             raise Refused(ExitCode.FAILURE, f"{path} exists and is {file_kind(info.st_mode)},"
                           " not a FIFO; move it away") from None
-        log.warning("replacing %s, left by a processa that did not clean up", path)
-        os.unlink(path)
+        if info.st_uid != os.geteuid():
+            raise Refused(ExitCode.FAILURE, f"{path} is a FIFO of {user_name(info.st_uid)}"
+                          f" (uid {info.st_uid}), not ours to replace; let them remove it, or"
+                          " start from another directory") from None
+        log.warning("replacing %s, left by a reader that did not clean up", path)
+        try:
+            os.unlink(path)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, f"unlink(pathname={path!r})") from None
         mkfifo(path, mode)
     info = os.lstat(path)
     return info.st_dev, info.st_ino
@@ -1482,6 +1489,9 @@ LEVEL_NAMES = {logging.DEBUG: "Debug", logging.INFO: "Info", logging.WARNING: "W
                logging.ERROR: "Error", logging.CRITICAL: "Fatal"}
 
 
+SURROGATE_IN_REPR = re.compile(r"\\udc([89a-f][0-9a-f])")  # how repr shows a byte 0x80 to 0xff
+
+
 class TutorialFormatter(logging.Formatter):
     """Format records as [Info][2026-11-26 20:10:38]::message."""
 
@@ -1490,7 +1500,10 @@ class TutorialFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record.level = LEVEL_NAMES.get(record.levelno, record.levelname)
-        return super().format(record)
+        # A path's bytes that are not UTF-8 come as surrogates (PEP 383),
+        # and in a repr as \udcfe: show each as \xfe, the way ls -b does.
+        text = os.fsencode(super().format(record)).decode(errors="backslashreplace")
+        return SURROGATE_IN_REPR.sub(r"\\x\1", text)
 
 
 def counted(count: int, noun: str) -> str:

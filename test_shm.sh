@@ -158,6 +158,7 @@ message_gets_through_input() {
 logged() { grep -q -- "$2" "$work/$1.err"; }
 ended() { [[ -z $(ps -o stat= -p "${pid[$1]}") || $(ps -o stat= -p "${pid[$1]}") == Z* ]]; }
 running() { ! ended "$1"; }
+no_line_with() { ! grep -qF -- "$1" "$2"; }
 
 # finish NAME STATUS: wait for NAME to exit and check its exit status.
 finish() {
@@ -803,6 +804,7 @@ test_another_user_cannot_attach_a_0600_segment() {
 test_mode_0666_lets_another_user_attach_but_not_reach_the_fifos() {
     skip_reason=$(why_not_nobody)
     [[ -z $skip_reason ]] || return 0
+    global_lock || return 1 # nobody's processb looks in nobody's FIFO directory, which others plant
     next_key
     start_reader a --mode 0666 || return 1
     must "perms 666" [ "$(ipcs_field "$key" 4)" == 666 ] || return 1
@@ -2082,6 +2084,47 @@ test_the_tutorial_protocol_writer_sends_an_endless_line_in_bounded_memory() {
         [ "${peak[1]}" -lt $((peak[0] + 40000)) ]
 }
 
+test_the_tutorial_protocol_writer_refuses_a_segment_with_no_room_for_a_line() {
+    local tiny
+    next_key
+    mkdir "$work/tiny"
+    open_input holder
+    # A reader of the tutorial's kind, but of a 1-byte segment: it makes the
+    # segment and ./myfifo, and holds the FIFO open.
+    cd "$work/tiny" || return 1
+    start_command holder env PYTHONPATH="$here" "$PYTHON" -c 'import os, shmm, sys
+print(shmm.Segment.create(int(sys.argv[1], 0), 1, 0o600).shmid, flush=True)
+os.mkfifo("myfifo", 0o600)
+fifo = os.open("myfifo", os.O_RDONLY | os.O_NONBLOCK)
+sys.stdin.read()' "$key" <"$work/holder.in"
+    cd - >/dev/null || return 1
+    must "the holder to make its segment" wait_for [ -s "$work/holder.out" ] || return 1
+    tiny=$(cat "$work/holder.out") && shmids+=("$tiny")
+    seed_writer "$work/tiny" "$proj" --size 1
+    must "exit 3, not 0 with nothing sent: $?" [ $? == 3 ] || return 1
+    must "one line saying why" one_error sw "has 1 byte: no room for a line and its NUL" || return 1
+    exec {input}>&-
+    finish holder 0 && ipcrm -m "$tiny"
+}
+
+test_a_tutorial_reader_never_replaces_another_user_s_myfifo() {
+    next_key
+    mkdir "$work/theirs"
+    mkfifo -m 0666 "$work/theirs/myfifo"
+    chown nobody "$work/theirs/myfifo" 2>/dev/null || chown "$(id -u)" "$work/theirs/myfifo"
+    if [[ $(stat -c %u "$work/theirs/myfifo") == "$(id -u)" ]]; then
+        skip "not root: cannot give a FIFO to another user"
+        return 0
+    fi
+    in_dir "$work/theirs" a processa.py --seed-protocol || return 1
+    finish a 1 || return 1
+    must "one line naming its owner, and the way out" one_error a \
+        "myfifo is a FIFO of nobody (uid $(id -u nobody)), not ours to replace" || return 1
+    must "their FIFO still there" [ -p "$work/theirs/myfifo" ] || return 1
+    must "and still theirs" [ "$(stat -c %U "$work/theirs/myfifo")" == nobody ] || return 1
+    must "no segment" no_segment
+}
+
 test_a_stray_signal_leaves_processb_at_the_prompt_watching_for_processa() {
     next_key
     start_reader a || return 1
@@ -2127,7 +2170,7 @@ sys.exit(0 if status == 7 else 1)' "$here" "$work" "$proj" "${pid[a]}"
 
 test_processb_counts_only_the_mode_bits_that_let_others_in() {
     local mode who
-    for mode in 0700 0640 0604 0666; do
+    for mode in 0700 0640 0604 0646 0666; do
         next_key
         start_reader a --mode "$mode" || return 1
         start b processb.py </dev/null
@@ -2140,7 +2183,8 @@ test_processb_counts_only_the_mode_bits_that_let_others_in() {
         case $mode in
         0640) who="members of group $(id -gn) (gid $(id -g)) can read what you send" ;;
         0604) who="every other user can read what you send" ;;
-        *) who="members of group $(id -gn) (gid $(id -g)) can read and change and every other user can read and change what you send" ;;
+        0646) who="members of group $(id -gn) (gid $(id -g)) can read, and every other user can read and change what you send" ;;
+        *) who="members of group $(id -gn) (gid $(id -g)) and every other user can read and change what you send" ;;
         esac
         must "one error line saying who gets what for $mode" one_error b \
             "has mode $mode, more open than --mode 0600: $who. Pass --mode $mode" || return 1
@@ -2316,7 +2360,7 @@ sys.stdin.read()  # alive, attached nowhere' "$key" <"$work/holder.in"
     finish holder 0 && ipcrm -m "$blank"
 }
 
-test_processb_s_clean_advice_works_for_a_path_that_is_not_utf_8() {
+test_processb_s_clean_advice_works_for_a_relative_path_that_is_not_utf_8() {
     local odd advice
     next_key
     odd=$work/$'odd\xff dir'
@@ -2326,8 +2370,13 @@ test_processb_s_clean_advice_works_for_a_path_that_is_not_utf_8() {
     must "processa to listen" wait_for logged a "waiting for processb" || return 1
     kill -KILL "${pid[a]}"
     finish a 137 || return 1
-    "$PYTHON" "$here/processb.py" --path "$odd" --proj-id "$proj" --wait 0 </dev/null 2>"$work/b.err"
+    # Given relative to its directory, the path must come back absolute.
+    (cd "$work" && "$PYTHON" "$here/processb.py" --path "${odd##*/}" --proj-id "$proj" --wait 0 \
+        </dev/null 2>"$work/b.err")
     must "exit 5" [ $? == 5 ] || return 1
+    must "the byte shown as \\xff, as ls -b does, not as a surrogate" \
+        grep -qF 'odd\xff dir' "$work/b.err" || return 1
+    must "no surrogate shown" no_line_with '\udc' "$work/b.err" || return 1
     # shellcheck disable=SC2016 # the backquotes are processb's, not a command
     advice=$(sed -n 's/.*if processa crashed, `\([^`]*\)` removes what it left.*/\1/p' "$work/b.err")
     must "processb to name the command" [ -n "$advice" ] || return 1
