@@ -97,8 +97,9 @@ log = logging.getLogger("shmm")
 #
 # Until the remove, even after this process has exited, another process
 # that makes the same key finds the segment (Segment.find), attaches it and
-# reads "hello": README.md's first program is that pair of processes. Sections 1 to 7 are complete on their own;
-# someone who wants only that can stop reading at the end of section 7.
+# reads "hello": README.md's first program is that pair of processes.
+# Sections 1 to 7 are complete on their own; someone who wants only that
+# can stop reading at the end of section 7.
 # ======================================================================================
 
 
@@ -1489,7 +1490,8 @@ LEVEL_NAMES = {logging.DEBUG: "Debug", logging.INFO: "Info", logging.WARNING: "W
                logging.ERROR: "Error", logging.CRITICAL: "Fatal"}
 
 
-SURROGATE_IN_REPR = re.compile(r"\\udc([89a-f][0-9a-f])")  # how repr shows a byte 0x80 to 0xff
+# How repr shows a byte 0x80 to 0xff of a path, but not an escaped backslash and "udc".
+SURROGATE_IN_REPR = re.compile(r"(?<!\\)\\udc([89a-f][0-9a-f])")
 
 
 class TutorialFormatter(logging.Formatter):

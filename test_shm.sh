@@ -2111,8 +2111,7 @@ test_a_tutorial_reader_never_replaces_another_user_s_myfifo() {
     next_key
     mkdir "$work/theirs"
     mkfifo -m 0666 "$work/theirs/myfifo"
-    chown nobody "$work/theirs/myfifo" 2>/dev/null || chown "$(id -u)" "$work/theirs/myfifo"
-    if [[ $(stat -c %u "$work/theirs/myfifo") == "$(id -u)" ]]; then
+    if ! chown nobody "$work/theirs/myfifo" 2>/dev/null; then
         skip "not root: cannot give a FIFO to another user"
         return 0
     fi
