@@ -6,15 +6,20 @@ the channel that processa and processb use, in three parts, interleaved:
 
 1. Messages through the library: shmm.Writer and shmm.Reader, the very
    code, over a System V segment, against os.pipe, multiprocessing.Pipe
-   (send_bytes, recv_bytes_into) and multiprocessing.shared_memory with the
-   tutorial's lock-step (one block in the segment, one byte each way per
-   block), at 64 B to 1 MiB a message. Our segment has either one slot
-   sized for one message (lock-step, like the default settings) or 16 slots
-   of 64 KiB, as a user would size it, so that small messages share frames.
+   (send_bytes, recv_bytes_into) and multiprocessing.shared_memory in
+   lock-step (one block in the segment), counted either as the tutorial
+   does, with one byte each way on a pipe, or as ours is, with two
+   multiprocessing.Semaphore waited on as ours are (spinning, then timed
+   sleeps): the same design from the standard library, so that the ratio
+   to it separates our design from our way of waiting. At 64 B to 1 MiB a
+   message. Our segment has one slot sized for one message (lock-step),
+   or processa's defaults (one slot of a 4 KiB segment: a larger message
+   goes in pieces), or 16 slots of 64 KiB, as a user would size it, so that
+   small messages share frames.
 2. The round trip of 64 bytes: our lock-step against an os.pipe ping-pong
-   that sleeps in read(2), and one that polls before it sleeps exactly as
-   our channel does (it uses shmm.TokenReader), so that the ratio compares
-   the channels, not the ways of waiting.
+   that sleeps in read(2), and one that polls its pipe before it sleeps,
+   for as long as ours spins at most (shmm.SPIN_MOST), so that the ratio
+   compares the channels, not the ways of waiting.
 3. End to end, the commands people run, timed whole (interpreter start-up
    included): a million lines through processb.py into processa.py, against
    a Python relay (two Python processes joined by a pipe) and
@@ -41,14 +46,17 @@ other work on the machine moves every figure.
     load           {start, end}: 1-minute load average around the run
     repeats        timed runs per case; every figure is their median
     cases          part 1, one per transport, block and segment:
-                   {transport: "pipe", "mp_pipe", "shm" or "posix_shm",
+                   {transport: "pipe", "mp_pipe", "shm", "shm_defaults"
+                    (ours at processa's default size and slots), "posix_shm"
+                    (shared_memory, a byte each way on pipes) or
+                    "posix_shm_sem" (shared_memory, two Semaphores),
                     block: bytes per message, slots: 1 or 16,
-                    slot_size: bytes per slot (shm; 0 for the others),
+                    slot_size: bytes per slot (ours; 0 for the others),
                     gbps, msgs_per_s,
                     ratio_to_pipe, ratio_to_mp_pipe: our messages/s over
                     theirs at the same block size (above 1: we are faster)}
     latency_us     part 2, microseconds per 64-byte round trip:
-                   {shm, pipe (sleeps in read), pipe_polling (TokenReader)}
+                   {shm, pipe (sleeps in read), pipe_polling (polls first)}
     end_to_end     part 3, one per command: {name, stream: "lines" or "raw",
                     amount: lines or bytes, seconds: median, whole runs,
                     speedup: {baseline name: its seconds over ours} for our
@@ -69,6 +77,7 @@ import mmap
 import multiprocessing
 import os
 import platform
+import select
 import shutil
 import statistics
 import struct
@@ -78,8 +87,9 @@ import tempfile
 import time
 import zlib
 from multiprocessing import shared_memory
-from typing import IO, Callable, NamedTuple  # noqa: UP035 - collections.abc's needs Python 3.9
+from typing import IO, Any, Callable, NamedTuple  # noqa: UP035 - collections.abc's needs Python 3.9
 
+import comm
 import shmm
 
 BLOCKS = (64, 4096, 64 * 1024, 1024 * 1024)  # bytes per message
@@ -147,7 +157,8 @@ def make_shm(block: int, slots: int, size: int) -> Transport:
     memory = segment.attach()
     segment.remove()  # freed when both processes have detached, whatever happens
     slot_size = shmm.write_header(memory, slots, shmm.BYTES)
-    notify_r, notify_w = os.pipe()
+    shmm.init_counts(memory, slots)
+    notify_r, notify_w = os.pipe()  # as processa's FIFOs: the hello, and each side's hang-up
     ack_r, ack_w = os.pipe()
 
     def write(source: memoryview, count: int) -> None:
@@ -155,11 +166,11 @@ def make_shm(block: int, slots: int, size: int) -> Transport:
         for number in range(count):
             stamp(source, number)
             writer.send(source)
-        writer.close()  # waits for the last ack
+        writer.close()  # waits until the reader has taken every frame
         segment.detach()
 
     def read(sink: memoryview, count: int, check: Check) -> None:
-        reader = shmm.Reader(memory, slots, slot_size, notify_r, ack_w)
+        reader = shmm.Reader(memory, slots, slot_size, notify_r)
         at = 0  # a message longer than a frame comes in pieces flagged MORE
         taken = 0  # whole messages so far
 
@@ -174,6 +185,7 @@ def make_shm(block: int, slots: int, size: int) -> Transport:
 
         if not reader.receive(take) or reader.messages != count:
             raise RuntimeError(f"{reader.messages} messages arrived of {count}")
+        shmm.destroy_counts(memory)  # the writer has hung up, as processa does
 
     return Transport(write, read, lambda: close_all(notify_w, ack_r),
                      lambda: close_all(notify_r, ack_w))
@@ -248,10 +260,70 @@ def make_posix_shm(block: int, _slots: int, _size: int) -> Transport:
                      lambda: close_all(notify_r, ack_w))
 
 
+def make_posix_shm_sem(block: int, _slots: int, _size: int) -> Transport:
+    """The design of ours with one slot, as a user could build it from the
+    standard library: multiprocessing.shared_memory in lock-step, counted by two
+    multiprocessing.Semaphore (POSIX semaphores too), waited on as ours are."""
+    segment = shared_memory.SharedMemory(create=True, size=block)
+    segment.unlink()
+    full, free = multiprocessing.Semaphore(0), multiprocessing.Semaphore(1)
+    take_full, take_free = Waiting(full), Waiting(free)
+
+    def write(source: memoryview, count: int) -> None:
+        for number in range(count):
+            stamp(source, number)
+            take_free.wait()
+            segment.buf[:block] = source
+            full.release()
+        take_free.wait()  # the last message taken
+        segment.close()
+
+    def read(sink: memoryview, count: int, check: Check) -> None:
+        for number in range(count):
+            take_full.wait()
+            sink[:] = segment.buf[:block]
+            free.release()
+            check(sink, number)
+
+    return Transport(write, read, lambda: None, lambda: None)  # no ends to close
+
+
+class Waiting:
+    """Wait on a multiprocessing.Semaphore as shmm.Count waits on a count:
+    spin with acquire(block=False) for an adaptive budget, then sleep in timed
+    acquires (sem_timedwait, as ours)."""
+
+    def __init__(self, semaphore: Any) -> None:
+        self.semaphore = semaphore
+        self.spins = len(os.sched_getaffinity(0)) > 1
+        self.spin = shmm.SPIN_MOST if self.spins else 0.0
+
+    def wait(self) -> None:
+        """Take one, as shmm.Count.wait does (the same budget, grown and shrunk alike)."""
+        acquire = self.semaphore.acquire
+        if acquire(False):
+            return
+        started = time.perf_counter()
+        until = started + self.spin
+        while time.perf_counter() < until:
+            if acquire(False):
+                self.spin = min(shmm.SPIN_MOST, self.spin * 2)
+                return
+        while not acquire(True, shmm.SLEEP_MOST):
+            pass  # ours looks for a hang-up here; the benchmark's peers do not die
+        if self.spins:
+            if time.perf_counter() - started < shmm.SPIN_MOST:
+                self.spin = min(shmm.SPIN_MOST, self.spin * 2)
+            else:
+                self.spin = max(shmm.SPIN_LEAST, self.spin / 2)
+
+
 TRANSPORTS = {"pipe": make_pipe, "mp_pipe": make_mp_pipe, "shm": make_shm,
-              "posix_shm": make_posix_shm}
+              "shm_defaults": make_shm, "posix_shm": make_posix_shm,
+              "posix_shm_sem": make_posix_shm_sem}
 NAMES = {"pipe": "os.pipe", "mp_pipe": "multiprocessing.Pipe", "shm": "shm (ours)",
-         "posix_shm": "shared_memory lock-step"}
+         "shm_defaults": "shm (ours), processa's defaults",
+         "posix_shm": "shared_memory lock-step", "posix_shm_sem": "shared_memory + Semaphores"}
 
 
 def move(transport: str, slots: int, size: int, source: memoryview, count: int,
@@ -343,7 +415,7 @@ class Case:
 
     def segment(self) -> str:
         """Describe our segment: ', 16 slots of 64 KiB'; '' for the others."""
-        if self.transport != "shm":
+        if not self.size:
             return ""
         slot_size = shmm.slot_size_for(self.size, self.slots)
         return f", {self.slots} slot{'s' * (self.slots > 1)} of {show_size(slot_size)}"
@@ -377,15 +449,18 @@ def show_size(size: int) -> str:
 
 def make_cases(run_bytes: int, most: int, lock_step_most: int) -> list[Case]:
     """Every transport at every message size; ours with one slot sized for one
-    message (lock-step), and with the user-sized segment."""
+    message (lock-step), at processa's defaults (one slot of the default
+    segment: larger messages go in pieces), and with the user-sized segment."""
     cases = []
     for block in BLOCKS:
         count = max(16, min(run_bytes // block, most))
         lock_step = max(16, min(run_bytes // block, lock_step_most))
         cases += [Case("pipe", block, 1, 0, count), Case("mp_pipe", block, 1, 0, count),
                   Case("shm", block, 1, shmm.segment_size(1, block), lock_step),
+                  Case("shm_defaults", block, 1, comm.SEGMENT_SIZE, lock_step),
                   Case("shm", block, SLOTS, USER_SIZE, count),
-                  Case("posix_shm", block, 1, 0, lock_step)]
+                  Case("posix_shm", block, 1, 0, lock_step),
+                  Case("posix_shm_sem", block, 1, 0, lock_step)]
     return cases
 
 
@@ -402,19 +477,29 @@ def library_results(cases: list[Case]) -> list[dict]:
 # --- 4. The round trip ------------------------------------------------------------------
 #
 # Ours is the 64-byte lock-step case above: with one slot, the writer fills
-# the slot, announces it and waits for the ack before it can fill it again,
+# the slot, counts it and waits for it back before it can fill it again,
 # so each message costs one trip there and one back. The pipe does the same
 # here: 64 stamped bytes there, checked, one byte back. Waiting decides
 # most of it, so the pipe runs twice: sleeping in read(2), as a plain
-# program does, and polling first through shmm.TokenReader, as ours does.
+# program does, and polling its pipe first for up to shmm.SPIN_MOST, as
+# ours spins on its count, so that the ratio compares the channels, not
+# the ways of waiting.
 
 
-class PollingReader(shmm.TokenReader):
-    """shmm.TokenReader's way of waiting (the same set-up, the same loop), but
-    returning the bytes it read rather than counting them."""
+class PollingReader:
+    """A pipe's reading end that polls, for up to shmm.SPIN_MOST with two CPUs
+    or more, before it sleeps in poll(2)."""
+
+    def __init__(self, fd: int, most: int) -> None:
+        self.fd = fd
+        self.most = most                      # bytes to take at most per read
+        os.set_blocking(fd, False)            # a read with none waiting: EAGAIN
+        self.sleeper = select.poll()
+        self.sleeper.register(fd, select.POLLIN)
+        self.spin = shmm.SPIN_MOST if len(os.sched_getaffinity(0)) > 1 else 0.0
 
     def read(self) -> bytes:
-        """Wait as TokenReader.take does, and return what was waiting."""
+        """Wait for bytes, polling first, and return what was waiting."""
         spin_until = time.perf_counter() + self.spin
         while True:
             try:
@@ -428,7 +513,7 @@ class PingPong:
     """A 64-byte round trip through two pipes, waiting plainly or as we do."""
 
     def __init__(self, polling: bool, round_trips: int) -> None:
-        self.polling = polling          # wait as shmm.TokenReader does
+        self.polling = polling          # poll before sleeping (PollingReader)
         self.round_trips = round_trips  # per timed run
         self.seconds: list[float] = []
 
@@ -787,7 +872,7 @@ def print_table(results: dict) -> None:
           " | vs multiprocessing.Pipe |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for r in results["cases"]:
-        segment = (f"{r['slots']} x {show_size(r['slot_size'])}" if r["transport"] == "shm"
+        segment = (f"{r['slots']} x {show_size(r['slot_size'])}" if r["slot_size"]
                    else "")
         print(f"| {NAMES[r['transport']]} | {show_size(r['block'])} | {segment}"
               f" | {r['gbps']:.2f} | {r['msgs_per_s']:,.0f} | {r['ratio_to_pipe']:.2f}x"
@@ -795,7 +880,7 @@ def print_table(results: dict) -> None:
     latency = results["latency_us"]
     print(f"\n64-byte round trip: shm {latency['shm']:.1f} us (send, then the ack); os.pipe"
           f" ping-pong {latency['pipe']:.1f} us sleeping in read(2),"
-          f" {latency['pipe_polling']:.1f} us polling first as TokenReader does."
+          f" {latency['pipe_polling']:.1f} us polling first as ours spins."
           f" Ours takes {latency['shm'] / latency['pipe']:.2f}x and"
           f" {latency['shm'] / latency['pipe_polling']:.2f}x their time.\n")
     print("End to end, timed whole (x: their seconds over ours, above 1 we are faster)\n")

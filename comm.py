@@ -40,17 +40,19 @@ MAX_LINE = 1 << 20    # bytes: the longest line text mode carries. processa hold
 
 # --- 3. The FIFOs: fifo(7) --------------------------------------------------
 #
-# The segment carries the bytes; two FIFOs carry the "when". processa makes
-# them in a directory only its own user can write, named after the key, so
-# processb finds them from the key alone, whatever its current directory.
+# The segment carries the bytes and counts them; two FIFOs carry the rest:
+# the handshake, the writer's lock and the news that a side has gone (see
+# shmm.py section 12). processa makes them in a directory only its own user
+# can write, named after the key, so processb finds them from the key alone,
+# whatever its current directory.
 # The directory depends on the uid alone, not on $XDG_RUNTIME_DIR, which
 # differs between shells of one user (su, sudo, ssh, cron).
 
 FIFO_DIR = "/tmp/shmm-{uid}"    # made with mode 0700; refused if it is not ours
 FIFO_DIR_VARIABLE = "SHMM_FIFO_DIR"  # names another directory, for both programs alike:
                                      # the way out when someone else made ours first
-NOTIFY_FIFO = "{key}.notify"    # writer -> reader: one byte per filled slot
-ACK_FIFO = "{key}.ack"          # reader -> writer: one byte per freed slot
+NOTIFY_FIFO = "{key}.notify"    # writer -> reader: its hello, its flock, its hang-up
+ACK_FIFO = "{key}.ack"          # held by the reader: its hang-up tells the writer
 FIFO_MODE = 0o600               # the FIFOs are as private as their directory
 
 
@@ -69,8 +71,7 @@ class ExitCode(enum.IntEnum):
     FAILURE = 1            # a system call failed (not as below), the FIFO directory
                            # is not private, or stdin (processb) or stdout (processa)
                            # is closed or fails; shmm.py: no segment has that shmid
-    USAGE = 2              # bad command line or ftok path (argparse uses 2 too), a
-                           # --slots whose tokens do not fit this user's pipes, or
+    USAGE = 2              # bad command line or ftok path (argparse uses 2 too), or
                            # input that text mode cannot carry (use --raw); a TEXT
                            # too long for the segment (shmm.py write)
     SEGMENT_CONFLICT = 3   # the segment at our key is in use, not ours, or does not

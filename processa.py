@@ -23,7 +23,8 @@ segment with `make watch` (ipcs -m once a second).
 
 In order, it: derives the key with ftok(3); creates the segment exclusively
 with shmget(2) (removing one that a crashed processa left behind); attaches
-it with shmat(2) and writes the header; makes the two FIFOs; waits for
+it with shmat(2) and writes the header, with its two counts (sem_init(3));
+makes the two FIFOs; waits for
 processb; prints each message as it arrives, a frame of lines at a time;
 and, when processb has sent its END frame and closed, or a signal comes,
 closes and removes the FIFOs (if still its own), removes the segment with
@@ -38,7 +39,8 @@ makes it clean up and then die by that signal, so that a script or loop
 around it stops too; the shell shows 128 + N (130 for Ctrl-C).
 
 Companion: processb.py (the writer). Library: shmm.py. Constants: comm.py.
-Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2), fifo(7).
+Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2), fifo(7),
+sem_overview(7).
 """
 from __future__ import annotations
 
@@ -97,10 +99,12 @@ def serve_messages(cleanup: shmm.Cleanup, key: int, memory: memoryview,
                    args: argparse.Namespace) -> None:
     """Lay out the slots, wait for processb, print what arrives until it ends."""
     slot_size = shmm.write_header(memory, args.slots, shmm.BYTES if args.raw else shmm.LINES)
-    notify_fd, ack_fd = shmm.accept_writer(cleanup, key, args.slots, memory)  # the FIFOs
+    shmm.init_counts(memory, args.slots)  # sem_init(3): no slot full, every slot free
+    notify_fd = shmm.accept_writer(cleanup, key, memory)  # the FIFOs
     printer = BytePrinter() if args.raw else LinePrinter()
-    reader = shmm.Reader(memory, args.slots, slot_size, notify_fd, ack_fd)
-    ended = reader.receive(printer.copy_out, printer.write_copied)  # until END, or end of file
+    reader = shmm.Reader(memory, args.slots, slot_size, notify_fd)
+    ended = reader.receive(printer.copy_out, printer.write_copied)  # until END, or a hang-up
+    shmm.destroy_counts(memory)  # the writer has hung up: nobody can wait on them now
     writer = f"processb (pid {shmm.read_header(memory).writer_pid})"
     if not ended:
         unprinted = "; the part of a line received was not printed" if printer.parts else ""

@@ -33,7 +33,7 @@ comm.py and README.md. After signal N it detaches and dies by that signal,
 so that a script around it stops too; the shell shows 128 + N.
 
 Companion: processa.py (the reader). Library: shmm.py. Constants: comm.py.
-Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), fifo(7), flock(2).
+Man pages: ftok(3), shmget(2), shmat(2), shmdt(2), fifo(7), flock(2), sem_overview(7).
 """
 from __future__ import annotations
 
@@ -318,7 +318,7 @@ def send_lines(writer: shmm.Writer) -> int:
         room[:len(tail)] = tail
         filled = len(tail)
         while True:  # read until a newline comes or the frame is full
-            got = read_stdin(writer, room[filled:])
+            got = read_stdin(room[filled:])
             if not got:
                 return lines + send_last_line(writer, room, filled, sent_of_line)
             new = bytes(room[filled:filled + got])
@@ -369,20 +369,17 @@ def send_bytes(writer: shmm.Writer) -> int:
     total = 0
     while True:
         room = writer.reserve()
-        got = read_stdin(writer, room)
+        got = read_stdin(room)
         if not got:
             return total
         writer.commit(got)
         total += got
 
 
-def read_stdin(writer: shmm.Writer, room: memoryview) -> int:
-    """Read what stdin has into room, up to its size; return how much, 0 at its end.
-    Frames not yet announced go out first if the read would wait."""
+def read_stdin(room: memoryview) -> int:
+    """Read what stdin has into room, up to its size; return how much, 0 at its end."""
     waiting = select.poll()
     waiting.register(0, select.POLLIN)
-    if writer.unannounced and not waiting.poll(0):
-        writer.flush()  # never hold back what was read while we wait for more
     while True:
         try:
             return os.readv(0, [room])

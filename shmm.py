@@ -17,8 +17,8 @@ idea and builds on the sections above it only.
      9. signals and cleanup         Ctrl-C never leaves a segment behind
     10. the message layout          a header, then slots of frames of records
     11. a segment left behind       what a crash leaves, and when to remove it
-    12. the FIFOs                   "a slot is full/free", and the handshake
-    13. sending and receiving       Writer and Reader
+    12. the FIFOs                   the handshake, one writer, the death notice
+    13. sending and receiving       two counts (POSIX semaphores), Writer and Reader
     14. the tutorial's protocol     one C string, one FIFO, no acknowledgement
     Part III. Plumbing
     15. for the programs            logging, standard streams, options
@@ -47,7 +47,8 @@ them all, in its order):
     $ python3 shmm.py read 65548         # prints hello (--every 1: the tutorial's loop)
 
 Man pages: svipc(7), ftok(3), shmget(2), shmat(2), shmdt(2), shmctl(2),
-fifo(7), flock(2), ipcs(1), ipcrm(1).
+fifo(7), flock(2), sem_overview(7), sem_init(3), sem_post(3), sem_wait(3),
+futex(2), ipcs(1), ipcrm(1).
 """
 from __future__ import annotations
 
@@ -129,11 +130,14 @@ COMMANDS = {IPC_RMID: "IPC_RMID", IPC_SET: "IPC_SET", IPC_STAT: "IPC_STAT",
 
 
 def declare(name: str, restype: Any, failed: Any, *, errno_decides: bool = False,
-            **params: Any) -> Any:
+            expected: frozenset[int] = frozenset(), **params: Any) -> Any:
     """Declare libc's function `name` once: its parameters, named as in its man
     page, its return type, and the return value that means failure. With
     errno_decides, that value is also a valid result, and means failure only
-    if errno is set: the caller sets errno to 0 first (ctypes.set_errno)."""
+    if errno is set: the caller sets errno to 0 first (ctypes.set_errno).
+    A failure whose errno is in `expected` is an outcome, not an error: the
+    call returns that errno (a function that returns 0 on success, such as
+    sem_trywait(3) with EAGAIN, so that 0 still means it worked)."""
     function = getattr(libc, name)
     function.argtypes = list(params.values())
     function.restype = restype
@@ -145,6 +149,8 @@ def declare(name: str, restype: Any, failed: Any, *, errno_decides: bool = False
             err = ctypes.get_errno()
             if errno_decides and err == 0:
                 return result
+            if err in expected:
+                return err
             raise OSError(err, os.strerror(err), show_call(name, params, arguments))
         return result
 
@@ -180,6 +186,10 @@ def show_argument(param: str, value: Any) -> str:
         return COMMANDS.get(value, str(value))
     if param == "buf":
         return "&buf" if value is not None else "NULL"
+    if param == "sem":
+        return hex(value.value)
+    if param == "abs_timeout":
+        return f"{{tv_sec={value._obj.tv_sec}, tv_nsec={value._obj.tv_nsec}}}"
     return str(value)
 
 
@@ -573,19 +583,23 @@ class Cleanup(contextlib.ExitStack):
 # with a header and is cut into slots of equal size. Each slot holds one
 # frame: a frame header, then records, each a record header and its bytes.
 #
-#   offset 0           64                  64 + slot_size
+#   offset 0           128                 128 + slot_size
 #   +------------------+-------------------+-------------------+----
 #   | segment header   | slot 0            | slot 1            | ...
 #   +------------------+-------------------+-------------------+----
 #                      | frame header | record | record | ...  |
 #                      0              64                       slot_size
 #
-#   segment header (HEADER, 64 bytes reserved), written by processa:
-#     magic       8 bytes  b"shmm.py2": this program made it; layout 2
+#   segment header (HEADER at 0, 128 bytes reserved), written by processa:
+#     magic       8 bytes  b"shmm.py3": this program made it; layout 3
 #     slots       u32      number of slots
 #     slot_size   u32      bytes per slot, frame header included
 #     writer_pid  i32      the processb that holds the channel; 0: none yet
 #     stream      u32      what the records carry: LINES or BYTES (--raw)
+#     (up to 64: unused, 0)
+#     full        sem_t    at 64, 32 bytes: how many slots hold a frame
+#     free        sem_t    at 96, 32 bytes: how many slots the writer may fill
+#                          (the two counts: section 13)
 #   frame header (FRAME, 64 bytes reserved), written by processb:
 #     magic       4 bytes  b"frm2"
 #     length      u32      bytes of records in this frame
@@ -596,7 +610,7 @@ class Cleanup(contextlib.ExitStack):
 #     flags       u32      MORE: the message goes on in the next record
 #
 # A frame carries as many records as fit, so that many small messages cost
-# one frame, one token each way and (in processa) one write(2). A message
+# one frame, one count each way and (in processa) one write(2). A message
 # longer than what is left of a frame goes on in the next frames, each piece
 # but the last flagged MORE. In LINES streams a record holds whole lines,
 # newline included, or part of one long line (MORE); in BYTES streams it
@@ -611,8 +625,11 @@ class Cleanup(contextlib.ExitStack):
 # this machine.
 
 HEADER = struct.Struct("=8sIIiI")  # magic, slots, slot_size, writer_pid, stream
-HEADER_SIZE = 64                   # bytes reserved for it at offset 0
-MAGIC = b"shmm.py2"
+HEADER_SIZE = 128                  # bytes reserved for it and the two counts at offset 0
+MAGIC = b"shmm.py3"
+OUR_MAGIC = b"shmm.py"             # what every layout's magic starts with (section 11)
+FULL_AT = 64                       # offset of the count of full slots (a sem_t)
+FREE_AT = 96                       # offset of the count of free slots (a sem_t)
 FRAME = struct.Struct("=4sIIQ")    # magic, length, flags, seq
 FRAME_SIZE = 64                    # bytes reserved for it: records start on a cache line
 FRAME_MAGIC = b"frm2"
@@ -691,7 +708,10 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
 #
 #   another user created it    never touch it (root could remove anyone's)
 #   nattch > 0                 somebody uses it: never touch it
-#   nattch 0, our magic        a crashed processa's: remove it and go on
+#   nattch 0, our magic        a crashed processa's: remove it and go on. Any
+#                              layout's magic counts (b"shmm.py" and a digit):
+#                              a processa of an older version, b"shmm.py2",
+#                              killed before an upgrade, left it just the same
 #   nattch 0, every byte 0     a processa killed between shmget and writing
 #                              its header: ours as well, remove it (unless
 #                              its creator is alive and still setting it up);
@@ -738,7 +758,7 @@ def remove_leftover(key: int) -> int:
             raise in_use(where, others, status.shm_cpid)
         if blank and process_exists(status.shm_cpid):
             raise blank_in_use(where, status)
-        if not start.startswith(MAGIC) and not blank:
+        if not start.startswith(OUR_MAGIC) and not blank:
             raise Refused(ExitCode.SEGMENT_CONFLICT,
                           f"{where}, which processa did not make (or a processa"
                           " --seed-protocol, whose format has no header to tell); pick another"
@@ -847,13 +867,23 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # from overwriting the segment before the reader has printed it, and with
 # input piped in, it will (fgets is much faster than printf to a terminal).
 #
-# So we use two FIFOs, as counting semaphores:
-#   notify  (processb -> processa)  each byte says "one more slot is full"
-#   ack     (processa -> processb)  each byte says "one more slot is free"
-# The writer never fills a slot the reader has not freed; with one slot this
-# is the strict lock-step of the tutorial, completed. The write(2) and read(2)
-# on the FIFO also order the memory accesses: the reader cannot see the byte
-# before the frame it announces.
+# The repair is two counts, "slots full" and "slots free": the writer never
+# fills a slot that the reader has not freed, and the reader never reads one
+# that the writer has not filled; with one slot this is the tutorial's
+# lock-step, completed. The counts live in the segment itself (section 13),
+# so that handing a frame over between two running processes is a few
+# stores and no system call at all.
+#
+# The FIFOs stay, for what a count in memory cannot do:
+#   the handshake  processb finds a live processa by opening notify (ENXIO:
+#                  nobody listens), and says hello with one byte on it
+#   one writer     processb holds an flock(2) on notify (processb.py section 3)
+#   the death notice  a count cannot tell that the other side has died;
+#                  a FIFO can. When processb has gone, processa's notify
+#                  reports POLLHUP (no writer left); when processa has gone,
+#                  processb's ack does (processa was its only writer). Both
+#                  close by the kernel on exit, even after kill -9.
+# Nothing else is written to them: the frames are counted in the segment.
 #
 # processa makes the FIFOs in /tmp/shmm-UID, a directory that only its own
 # user can write, named after the key, so that processb finds them from the
@@ -876,9 +906,10 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 #                                                only if a reader has it open;
 #                                                ENXIO: no processa listens
 #                                            4. flock(notify): the only writer;
-#                                                its pid into the segment header
-#   5. poll(notify) until the header   <---     (or its first frame announced)
-#      names a writer: serve it
+#                                                its pid into the segment header,
+#                                                then one byte on notify: hello
+#   5. poll(notify) until the hello    <---
+#      comes: serve the writer
 #
 # A writer that leaves between 3 and 4 (refused: another one writes, or its
 # --raw differs) closes notify without a word; processa then waits on (5).
@@ -899,19 +930,8 @@ def create_segment(key: int, size: int, mode: int) -> Segment:
 # while it still reads notify, so that no other processa can take its FIFOs
 # for leftovers in the meantime.
 #
-# A token FIFO must hold every token of a full ring: if both sides blocked in
-# write(2) at once, each waiting for the other to read, they would wait for
-# ever. A pipe holds 64 KiB by default, but only 8 KiB for a user who holds
-# many pipes already (/proc/sys/fs/pipe-user-pages-soft); fcntl(2)
-# F_SETPIPE_SZ asks for more, F_GETPIPE_SZ says what we got.
-#
-# Closing a FIFO is also how each side learns that the other has gone:
-# read(2) returns 0 (end of file), write(2) fails with EPIPE.
-
-F_SETPIPE_SZ = 1031  # fcntl(2) commands from <fcntl.h>; Python names them only from 3.10
-F_GETPIPE_SZ = 1032
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
+# Closing a FIFO is how each side learns that the other has gone: poll(2)
+# reports POLLHUP, read(2) returns 0 (end of file), write(2) fails with EPIPE.
 
 def fifo_directory() -> str:
     """Return the directory where this user's FIFOs live: $SHMM_FIFO_DIR, or
@@ -937,17 +957,17 @@ def fifo_paths(key: int) -> tuple[str, str]:
             os.path.join(directory, comm.ACK_FIFO.format(key=show_key(key))))
 
 
-def accept_writer(cleanup: contextlib.ExitStack, key: int, slots: int,
-                  memory: memoryview) -> tuple[int, int]:
+def accept_writer(cleanup: contextlib.ExitStack, key: int, memory: memoryview) -> int:
     """The reader's side of the handshake: listen (step 1), then wait for a
-    writer to claim the channel or send a frame (step 5); return (notify_fd,
-    ack_fd). The cleanup unlinks both FIFOs if they are still ours, and then
-    closes them."""
+    writer to say hello (step 5); return notify_fd, whose hang-up says that
+    the writer has gone. The cleanup unlinks both FIFOs if they are still
+    ours, and then closes them: until then, our ack fd is what tells processb
+    that we are still there."""
     with signals_deferred():  # the FIFOs exist only once their removal is registered
-        notify_fd, ack_fd, made = listen(cleanup, key, slots)
+        notify_fd, made = listen(cleanup, key)
     log.info("waiting for processb on %s", made[0].path)
     wait_for_sender(notify_fd, made, memory)
-    return notify_fd, ack_fd
+    return notify_fd
 
 
 def connect_writer(key: int) -> tuple[int, int]:
@@ -1025,11 +1045,10 @@ class Fifo(NamedTuple):
     identity: tuple[int, int]  # (st_dev, st_ino)
 
 
-def listen(cleanup: contextlib.ExitStack, key: int, slots: int
-           ) -> tuple[int, int, list[Fifo]]:
+def listen(cleanup: contextlib.ExitStack, key: int) -> tuple[int, list[Fifo]]:
     """Make the notify and ack FIFOs for key and open them (step 1 of the
-    handshake); return (notify_fd, ack_fd, the FIFOs made). The cleanup
-    unlinks each FIFO, if it is still ours, and then closes the fds."""
+    handshake); return (notify_fd, the FIFOs made). The cleanup unlinks each
+    FIFO, if it is still ours, and then closes the fds."""
     directory = make_fifo_directory()
     fds: list[int] = []
     cleanup.callback(close_all, fds)  # last, after the unlinks registered below
@@ -1051,10 +1070,10 @@ def listen(cleanup: contextlib.ExitStack, key: int, slots: int
             os.chmod(path, comm.FIFO_MODE)  # whatever the umask took away
         notify, ack = made
         fds.append(os.open(notify.path, os.O_RDONLY | os.O_NONBLOCK))
-        fds.append(os.open(ack.path, os.O_RDWR))  # never waits: we are a reader too
-    for fd in fds:
-        fit_tokens(fd, slots)
-    return fds[0], fds[1], made
+        # ack: never written, only held, so that processb sees POLLHUP once
+        # we have gone. O_RDWR never waits: we are a reader too.
+        fds.append(os.open(ack.path, os.O_RDWR))
+    return fds[0], made
 
 
 def make_fifo_directory() -> str:
@@ -1080,7 +1099,7 @@ def close_all(fds: list[int]) -> None:
 
 
 def wait_for_sender(notify_fd: int, made: list[Fifo], memory: memoryview) -> None:
-    """Wait until a writer has claimed the channel or sent a frame; every
+    """Wait until a writer has claimed the channel and said hello; every
     WAKE_SECONDS, make sure that our FIFOs are still there to be found."""
     # A processb that was refused (another one writes, the modes differ)
     # opens and closes notify without a word; so does another processa that
@@ -1173,116 +1192,228 @@ def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
     log.info("removed %s", path)
 
 
-def fit_tokens(fd: int, slots: int) -> None:
-    """Make the token FIFO at fd hold a full ring's tokens, or refuse to start."""
-    # A pipe keeps its bytes in pages and may leave the last one partly used,
-    # so it needs a page more than the tokens themselves.
-    needed = slots + PAGE_SIZE
-    size = fcntl.fcntl(fd, F_GETPIPE_SZ)
-    if size < needed:
-        try:
-            size = fcntl.fcntl(fd, F_SETPIPE_SZ, needed)
-        except PermissionError:  # EPERM: over this user's share; size stays as it was
-            pass
-    if size < needed:
-        raise Refused(ExitCode.USAGE,
-                      f"--slots {slots} needs FIFOs that hold {needed} bytes, but this user's"
-                      f" pipes hold {size} (it holds many pipes already: see"
-                      f" /proc/sys/fs/pipe-user-pages-soft); choose --slots"
-                      f" {max(1, size - PAGE_SIZE)} or fewer")
-
-
 # --- 13. Sending and receiving --------------------------------------------------------
 #
 # Both ends walk the slots in the same order: frame n lives in slot n % slots.
-# The FIFOs count: a byte on notify is one more full slot, a byte on ack one
-# more free slot (a pipe counts its free space the same way). Each side reads all the
-# bytes waiting with one read(2), and writes as many as it has with one
-# write(2), so that under load a frame costs far less than a system call;
-# and a frame carries as many messages as fit, so a message costs less still.
+# Two counts in the segment header say how far each of them may go:
+#   full  processb adds one per frame it fills, processa takes one per frame it reads
+#   free  processa adds one per slot it hands back, processb takes one per slot it fills
+# processa sets them up (full 0, free = slots) before any writer can
+# attach. With one slot (the default) this is the tutorial's lock-step,
+# completed: fill, count, wait for the slot back. A frame carries as many
+# messages as fit, so a count is paid for once a frame, not once a message.
 #
-# With one slot (the default) this is the tutorial's lock-step, completed:
-# fill, announce, wait for the ack. Done plainly, every frame then costs
-# two wake-ups of the other process, about 25 us each on the machine we measured.
-# Two things help. With N slots the writer announces its frames half a ring
-# at a time, so the reader empties one half while the writer fills the
-# other. And a side that finds no token polls the FIFO a little before it
-# sleeps (TokenReader).
+# A count is a semaphore: a number that never goes below 0, with two
+# operations. sem_post(3) adds one, and wakes a process that waits;
+# sem_wait(3) takes one away, waiting while there is none; sem_trywait(3)
+# fails with EAGAIN instead of waiting, and sem_timedwait(3) gives up at a
+# deadline (ETIMEDOUT). sem_init(3) with pshared 1 makes one that works
+# between processes, when it lives in memory they share, as ours do in the
+# segment header (sem_overview(7)).
+#
+# System V has semaphores too (semget(2), semop(2)), beside its shared
+# memory. We do not use them: every semop(2) is a system call, even when
+# nobody has to wait, and a semaphore set outlives a crash as a segment
+# does, one more thing to clean up. glibc's POSIX semaphore is 32 bytes of
+# our own memory: sem_post is an atomic add, which makes a system call
+# (futex(2) FUTEX_WAKE) only if someone sleeps on the count; sem_trywait is
+# an atomic compare-and-swap; only a wait that must sleep calls futex(2)
+# FUTEX_WAIT. So while both sides run, a hand-off is a few stores and
+# atomics, and no system call at all (test_shm.sh counts them, under strace).
+#
+# Memory order. A CPU may make its stores visible to another CPU out of
+# order (aarch64 does; the compiler may reorder them anywhere): processa
+# could see the count before the frame it counts. POSIX rules that out: the
+# Base Definitions, 4.12 "Memory Synchronization", list sem_post, sem_wait,
+# sem_trywait and sem_timedwait among the functions that synchronize memory.
+# glibc keeps that promise with a release in sem_post and an acquire in the
+# waits (nptl/sem_post.c, nptl/sem_waitcommon.c): what processb stored in a
+# slot before its post is there for processa after its wait, and what
+# processa read out of a slot was read before processb may refill it. No
+# wake-up is lost: a post before the wait leaves 1, and the wait takes it.
+#
+# Waiting. A count at 0 usually means that the other side is a few
+# microseconds from its next post, while waking a sleeping process costs
+# tens (another CPU must be interrupted). So, as adaptive mutexes do, a
+# waiter spins on sem_trywait a little before it sleeps (Count.wait). Only
+# with more than one CPU to run on (on one, spinning would hold back the
+# very process we wait for), and only about as long as a hand-off usually
+# takes: the budget doubles when spinning paid, or a little more would have,
+# up to SPIN_MOST, and halves when the other side was far away. Under load,
+# when the other side is not running, spins fail, the budget shrinks, and
+# we sleep rather than take the CPU it needs.
+#
+# A count cannot say that the other side has died: sem_wait for a processb
+# killed by kill -9 would wait for ever. So a waiter sleeps in
+# sem_timedwait for SLEEP_LEAST, growing to SLEEP_MOST, and between sleeps
+# asks poll(2) whether its FIFO hung up (section 12). sem_timedwait takes an
+# absolute deadline on CLOCK_REALTIME (a clock set back during a sleep
+# stretches that one sleep). A signal ends the sleep with EINTR; Python runs
+# its handler as soon as the call returns (a stop signal raises
+# Interrupted there), so on EINTR we simply wait again.
+#
+# Who destroys the counts: processa, once its writer has hung up, because
+# then nobody can be waiting on them (POSIX leaves destroying a semaphore
+# that someone waits on undefined; processb closes notify only after its
+# last count). On any other way out, a signal or an error, processa leaves
+# them: a processb may be asleep on them, and they go with the segment.
 
-MAX_SLOTS = 65536                      # slots at most; fit_tokens sizes the FIFOs for them
-TOKENS = memoryview(b"!" * MAX_SLOTS)  # what an announcement or an ack writes: a byte a frame
-SPIN_SECONDS = 100e-6                  # how long to poll a token FIFO before sleeping on it
+MAX_SLOTS = 2**31 - 1  # slots at most: SEM_VALUE_MAX (<limits.h>), the most a count holds
+SPIN_MOST = 100e-6     # seconds a waiter spins at most before it sleeps
+SPIN_LEAST = 1e-6      # seconds it still spins when spinning has stopped paying
+SLEEP_LEAST = 0.01     # seconds of a waiter's first sleep before it looks for a hang-up
+SLEEP_MOST = 0.1       # seconds of its longest: a dead peer is noticed within this
+
+
+class timespec(ctypes.Structure):
+    """struct timespec: a point in time, here sem_timedwait's deadline."""
+
+    _fields_ = [("tv_sec", ctypes.c_long),   # seconds since the epoch (CLOCK_REALTIME)
+                ("tv_nsec", ctypes.c_long)]  # and nanoseconds, 0 to 999999999
+
+
+# The sem_t * is passed as a c_void_p, the address of the sem_t in the
+# segment, built once: ctypes converts it faster than a POINTER to a
+# structure, and sem_post and sem_trywait are the channel's hot path.
+
+sem_init = declare("sem_init", ctypes.c_int, -1,
+                   sem=ctypes.c_void_p, pshared=ctypes.c_int, value=ctypes.c_uint)
+sem_destroy = declare("sem_destroy", ctypes.c_int, -1, sem=ctypes.c_void_p)
+sem_post = declare("sem_post", ctypes.c_int, -1, sem=ctypes.c_void_p)
+sem_trywait = declare("sem_trywait", ctypes.c_int, -1, expected=frozenset({errno.EAGAIN}),
+                      sem=ctypes.c_void_p)
+sem_timedwait = declare("sem_timedwait", ctypes.c_int, -1,
+                        expected=frozenset({errno.ETIMEDOUT, errno.EINTR}),
+                        sem=ctypes.c_void_p, abs_timeout=ctypes.POINTER(timespec))
+
+
+def sem_in(memory: memoryview, offset: int) -> ctypes.c_void_p:
+    """Return the address of the sem_t at offset in memory, as the sem_* calls take it."""
+    # c_char.from_buffer exports the view only until it is freed, at once:
+    # what we keep is the address, so that shmdt can unmap the segment later.
+    return ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(memory, offset)))
+
+
+def init_counts(memory: memoryview, slots: int) -> None:
+    """Set up the counts of a fresh segment: no slot full, every slot free."""
+    sem_init(sem_in(memory, FULL_AT), 1, 0)
+    sem_init(sem_in(memory, FREE_AT), 1, slots)
+
+
+def destroy_counts(memory: memoryview) -> None:
+    """Destroy the counts, once nobody can be waiting on them."""
+    sem_destroy(sem_in(memory, FULL_AT))
+    sem_destroy(sem_in(memory, FREE_AT))
+
+
+class Count:
+    """One of the two counts in the segment header, and how this side waits on it."""
+
+    def __init__(self, memory: memoryview, offset: int, hangup_fd: int) -> None:
+        self.sem = sem_in(memory, offset)         # built once: every call takes it
+        self.deadline = timespec()                # sem_timedwait's, rewritten per sleep
+        self.deadline_ref = ctypes.byref(self.deadline)
+        self.hangup = select.poll()               # the FIFO that tells the other side has gone
+        self.hangup.register(hangup_fd, 0)        # no events asked for: POLLHUP still comes
+        self.spins = len(os.sched_getaffinity(0)) > 1  # spin at all: only with 2 CPUs or more
+        self.spin = SPIN_MOST if self.spins else 0.0  # seconds to spin next time
+
+    def post(self) -> None:
+        """Add one (sem_post)."""
+        sem_post(self.sem)
+
+    def trywait(self) -> bool:
+        """Take one if there is one, without waiting (sem_trywait); tell whether we did."""
+        return not sem_trywait(self.sem)
+
+    def wait(self) -> bool:
+        """Take one, spinning, then sleeping, until there is one; return False if
+        the other side hung up and left none."""
+        sem, trywait, clock = self.sem, sem_trywait, time.perf_counter  # locals: the spin is hot
+        if not trywait(sem):
+            return True  # there was one: no clock read, no system call
+        started = clock()
+        until = started + self.spin
+        while clock() < until:
+            if not trywait(sem):
+                self.spin = min(SPIN_MOST, self.spin * 2)
+                return True
+        if not self.sleep():
+            return False
+        if self.spins:  # would a spin a little longer have caught it?
+            if clock() - started < SPIN_MOST:
+                self.spin = min(SPIN_MOST, self.spin * 2)
+            else:
+                self.spin = max(SPIN_LEAST, self.spin / 2)
+        return True
+
+    def sleep(self) -> bool:
+        """Sleep in sem_timedwait until there is one, and take it; return False
+        if the other side hung up and left none."""
+        seconds = SLEEP_LEAST
+        while True:
+            deadline = time.time_ns() + int(seconds * 1e9)
+            self.deadline.tv_sec, self.deadline.tv_nsec = divmod(deadline, 1_000_000_000)
+            outcome = sem_timedwait(self.sem, self.deadline_ref)
+            if not outcome:
+                return True
+            if outcome == errno.ETIMEDOUT:
+                if self.hangup.poll(0):
+                    return self.trywait()  # what it counted before it went still counts
+                seconds = min(SLEEP_MOST, seconds * 2)
+            # EINTR: a signal came, and its handler has run: wait again
 
 
 class Ring:
-    """The slots of a segment, taken in turn."""
+    """The slots of a segment, taken in turn, and the two counts."""
 
-    def __init__(self, memory: memoryview, slots: int, slot_size: int,
-                 notify_fd: int, ack_fd: int) -> None:
+    def __init__(self, memory: memoryview, slots: int, slot_size: int, hangup_fd: int) -> None:
         self.memory = memory
         self.slots = slots
         self.slot_size = slot_size
         self.capacity = slot_size - FRAME_SIZE  # bytes of records per frame
-        self.notify_fd = notify_fd
-        self.ack_fd = ack_fd
+        self.full = Count(memory, FULL_AT, hangup_fd)
+        self.free = Count(memory, FREE_AT, hangup_fd)
         self.seq = 0              # number of the next frame
+        self.start = HEADER_SIZE  # where its slot starts: frame n is in slot n % slots
+        self.end = HEADER_SIZE + slots * slot_size  # where the last slot ends
 
-    def slot(self, seq: int) -> int:
-        """Return the offset of the slot that holds frame seq."""
-        return HEADER_SIZE + (seq % self.slots) * self.slot_size
-
-
-class TokenReader:
-    """The reading end of a token FIFO: take every token waiting, at once.
-
-    Waking a sleeping process costs about 25 us on this kind of machine (the
-    other CPU must be interrupted), while the other side is usually a few
-    microseconds from its next write. So, as adaptive mutexes do, we poll
-    the FIFO for up to SPIN_SECONDS before we sleep in poll(2). Only with two
-    CPUs or more: on one, polling would hold back the very process we wait for.
-    """
-
-    def __init__(self, fd: int, most: int) -> None:
-        self.fd = fd
-        self.most = most                      # tokens to take at most per read
-        os.set_blocking(fd, False)            # a read with none waiting: EAGAIN
-        self.sleeper = select.poll()
-        self.sleeper.register(fd, select.POLLIN)
-        self.spin = SPIN_SECONDS if len(os.sched_getaffinity(0)) > 1 else 0.0
-
-    def take(self) -> int:
-        """Wait for tokens and take them all: return how many, 0 at end of file."""
-        spin_until = time.perf_counter() + self.spin
-        while True:
-            try:
-                return len(os.read(self.fd, self.most))
-            except BlockingIOError:
-                if time.perf_counter() >= spin_until:
-                    self.sleeper.poll()  # until readable, or the other end is closed
+    def next_slot(self) -> None:
+        """Move on to the next frame, and to its slot."""
+        self.seq += 1
+        self.start += self.slot_size
+        if self.start == self.end:
+            self.start = HEADER_SIZE
 
 
 class Writer(Ring):
-    """processb's end: put messages into frames, frames into slots, and announce them.
+    """processb's end: put messages into frames, frames into slots, and count them.
 
     send() gathers messages into the open frame; reserve() and commit() let a
     caller fill a frame in place (processb reads stdin straight into it).
-    Frames go out in batches: flush() when there is nothing more to send for
-    now, and close() at the end."""
+    flush() sends the open frame when there is nothing more to send for now,
+    and close() ends the stream."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.free = self.slots             # slots the reader has handed back
-        self.start = self.slot(0)          # where the slot of frame seq starts
+    def __init__(self, memory: memoryview, slots: int, slot_size: int, notify_fd: int,
+                 ack_fd: int) -> None:
+        super().__init__(memory, slots, slot_size, ack_fd)  # ack hangs up when processa goes
         self.fill = 0                      # bytes of records in the open frame
-        self.unannounced = 0               # frames filled, not yet announced
-        self.batch = max(1, self.slots // 2)  # frames announced at a time
-        self.acks = TokenReader(self.ack_fd, self.slots)
+        self.held = False                  # the open frame's slot is taken from the free count
+        try:
+            os.write(notify_fd, b"h")      # hello: the handshake's last step (section 12)
+        except BrokenPipeError:
+            raise PeerGone("processa has gone away (the notify FIFO has no reader)") from None
 
     def send(self, message: bytes | memoryview) -> None:
         """Add a message to the open frame; one longer than what is left goes on
         in the next frames, as records flagged MORE."""
-        if len(message) <= self.capacity - self.fill - RECORD.size:
+        size = len(message)
+        if size <= self.capacity - self.fill - RECORD.size:
             self._record(message, 0)  # the common case: it fits in the open frame
+            return
+        if self.fill and size <= self.capacity - RECORD.size:
+            self._publish()  # it fits whole in a fresh frame
+            self._record(message, 0)
             return
         view = memoryview(message)
         while True:
@@ -1300,7 +1431,8 @@ class Writer(Ring):
         """Return the room of a fresh frame for one record, to be filled in place."""
         if self.fill:
             self._publish()
-        self._wait_for_free_slot()
+        if not self.held:
+            self._wait_for_free_slot()
         start = self.start + FRAME_SIZE + RECORD.size
         return self.memory[start:start + self.capacity - RECORD.size]
 
@@ -1311,67 +1443,53 @@ class Writer(Ring):
         self._publish()
 
     def flush(self) -> None:
-        """Send the open frame and announce every frame not yet announced."""
+        """Send the open frame, if it holds anything."""
         if self.fill:
             self._publish()
-        if self.unannounced:
-            try:
-                os.write(self.notify_fd, TOKENS[:self.unannounced])
-            except BrokenPipeError:
-                raise PeerGone("processa has gone away (the notify FIFO has no reader)") from None
-            self.unannounced = 0
 
     def close(self) -> None:
         """Send the END frame, then wait until the reader has taken every frame."""
         self.flush()
-        self._wait_for_free_slot()
+        if not self.held:
+            self._wait_for_free_slot()
         self._publish(END)
-        self.flush()
-        while self.free < self.slots:
-            self._collect_acks()
+        for _ in range(self.slots):  # every slot back: the reader has taken every frame
+            self._wait_for_free_slot()
 
     def _record(self, piece: bytes | memoryview, flags: int) -> None:
         """Copy one record into the open frame, opening one if none is."""
-        if not self.fill:
+        if not self.held:
             self._wait_for_free_slot()
         size = len(piece)
         at = self.start + FRAME_SIZE + self.fill
-        RECORD.pack_into(self.memory, at, size, flags)
-        self.memory[at + RECORD.size:at + RECORD.size + size] = piece
+        memory = self.memory
+        RECORD.pack_into(memory, at, size, flags)
+        memory[at + RECORD.size:at + RECORD.size + size] = piece
         self.fill += RECORD.size + size
         if self.fill >= self.capacity - RECORD.size:
             self._publish()  # no room for another record
 
     def _publish(self, flags: int = 0) -> None:
-        """Write the open frame's header: from now on it may be announced."""
+        """Write the open frame's header, then count it: the reader may take it."""
         FRAME.pack_into(self.memory, self.start, FRAME_MAGIC, self.fill, flags, self.seq)
-        self.seq += 1
-        self.start = self.slot(self.seq)
-        self.free -= 1
+        sem_post(self.full.sem)  # after the frame: sem_post releases what we stored
+        self.next_slot()
         self.fill = 0
-        self.unannounced += 1
-        if self.unannounced >= self.batch:
-            self.flush()
+        self.held = False
 
     def _wait_for_free_slot(self) -> None:
-        """Return once the slot of frame seq is free; announce what we have first."""
-        while not self.free:
-            self.flush()
-            self._collect_acks()
-
-    def _collect_acks(self) -> None:
-        """Wait for the reader to free at least one slot; take every ack waiting."""
-        acks = self.acks.take()
-        if not acks:
+        """Take one from the free count, waiting for the reader if need be: the
+        slot of frame seq is then ours to fill."""
+        if not self.free.wait():
             raise PeerGone("processa has gone away (it closed the ack FIFO)")
-        self.free += acks
+        self.held = True
 
 
 class Reader(Ring):
-    """processa's end: take announced frames out of their slots, in order."""
+    """processa's end: take counted frames out of their slots, in order."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, memory: memoryview, slots: int, slot_size: int, notify_fd: int) -> None:
+        super().__init__(memory, slots, slot_size, notify_fd)  # notify hangs up when processb goes
         self.messages = 0  # whole messages so far
 
     def receive(self, deliver: Callable[[memoryview, int], None],
@@ -1383,30 +1501,31 @@ class Reader(Ring):
         during the call. handed_back() is called each time the frames taken so
         far have been handed back: what deliver copied out can be written then,
         while the writer fills the slots again."""
-        notices = TokenReader(self.notify_fd, self.slots)
         while True:
-            announced = notices.take()
-            if not announced:
-                return False
-            for taken in range(1, announced + 1):
-                if self._take_frame(deliver):
-                    self._acknowledge(taken)
-                    handed_back()
-                    return self._wait_for_close(notices, announced - taken)
-            self._acknowledge(announced)
+            if not self.full.wait():
+                return False  # the writer has gone, and every frame it counted is taken
+            full, taken = self.full.sem, 0
+            while True:  # every frame there now, a ring's at most, before writing out
+                ended = self.take_frame(deliver)
+                taken += 1
+                if ended or taken == self.slots or sem_trywait(full):
+                    break
             handed_back()
+            if ended:
+                return self._wait_for_close()
 
-    def _wait_for_close(self, notices: TokenReader, extra: int) -> bool:
+    def _wait_for_close(self) -> bool:
         """After the END frame, wait until the writer closes notify, so that it
         leaves first; return True."""
-        if extra or notices.take():
-            raise CorruptFrame(f"frames were announced after the END frame {self.seq - 1}")
+        self.full.hangup.poll()  # until POLLHUP
+        if self.full.trywait():
+            raise CorruptFrame(f"frames were counted after the END frame {self.seq - 1}")
         return True
 
-    def _take_frame(self, deliver: Callable[[memoryview, int], None]) -> bool:
-        """Check frame seq, deliver its records; return True if it was the END frame."""
-        memory = self.memory
-        start = self.slot(self.seq)
+    def take_frame(self, deliver: Callable[[memoryview, int], None]) -> bool:
+        """Check frame seq, deliver its records and hand its slot back; return True
+        if it was the END frame. Call it once for each one taken from the full count."""
+        memory, start = self.memory, self.start
         magic, length, flags, seq = FRAME.unpack_from(memory, start)
         if magic != FRAME_MAGIC or seq != self.seq or flags & ~END:
             raise CorruptFrame(f"frame {self.seq} at offset {start} has a bad header"
@@ -1427,15 +1546,9 @@ class Reader(Ring):
             whole += not more
             at += size
         self.messages += whole
-        self.seq += 1
+        sem_post(self.free.sem)  # after the reads: the writer may refill the slot
+        self.next_slot()
         return flags == END
-
-    def _acknowledge(self, count: int) -> None:
-        """Hand count slots back to the writer."""
-        # Never EPIPE: processa holds ack for reading too. If the writer has
-        # died, the acks wait unread (the FIFO holds a full ring's), and the
-        # end of file on notify tells the caller.
-        os.write(self.ack_fd, TOKENS[:count])
 
 
 # --- 14. The tutorial's protocol ------------------------------------------------------
@@ -1452,6 +1565,8 @@ class Reader(Ring):
 # There is no acknowledgement: a writer that is faster than the reader (any
 # piped input) overwrites messages before they are printed. That is the
 # tutorial's design, kept here as it is, to compare with ours.
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # bytes per page of memory
 
 
 def read_c_string(memory: memoryview) -> bytes:
