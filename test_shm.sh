@@ -313,8 +313,8 @@ send_in() {
 
 test_messages_arrive_unchanged_with_1_and_16_slots() {
     local long longer slots
-    long=$(head -c 12096 /dev/zero | tr '\0' 'x')    # 3 times a default slot (4032)
-    longer=$(head -c 161280 /dev/zero | tr '\0' 'y') # 40 times a default slot
+    long=$(head -c 11904 /dev/zero | tr '\0' 'x')    # 3 times a default slot (3968)
+    longer=$(head -c 158720 /dev/zero | tr '\0' 'y') # 40 times a default slot
     printf 'hello, shared memory\n你好，共享内存\n\n%s\n%s\nnot UTF-8: \xff\xfe\nno newline at the end' \
         "$long" "$longer" >"$work/in"
     printf 'Message received: %s\n' "hello, shared memory" "你好，共享内存" "" "$long" "$longer" \
@@ -2833,7 +2833,7 @@ test_write_refuses_a_live_processa_s_segment_and_processa_goes_on() {
     shmm write "$(shmid_of "$key")" "over the header" 2>"$work/w.err"
     must "exit status 3, not $?" [ $? == 3 ] || return 1
     must "one error line" one_error w \
-        "starts with processa's header (shmm.py2): a C string would overwrite it; write into a segment of your own" ||
+        "starts with processa's header (shmm.py3): a C string would overwrite it; write into a segment of your own" ||
         return 1
     message_gets_through a "after the refused write"
 }
