@@ -1376,14 +1376,10 @@ class Ring:
         self.free = Count(memory, FREE_AT, hangup_fd)
         self.seq = 0              # number of the next frame
         self.start = HEADER_SIZE  # where its slot starts: frame n is in slot n % slots
-        self.end = HEADER_SIZE + slots * slot_size  # where the last slot ends
-
-    def next_slot(self) -> None:
-        """Move on to the next frame, and to its slot."""
-        self.seq += 1
-        self.start += self.slot_size
-        if self.start == self.end:
-            self.start = HEADER_SIZE
+        self.last = HEADER_SIZE + (slots - 1) * slot_size  # where the last slot starts
+        # (Writer and Reader move on to the next slot in their own hot code,
+        # with no call: seq + 1, and start + slot_size or, after the last, back
+        # to the first.)
 
 
 class Writer(Ring):
@@ -1464,16 +1460,18 @@ class Writer(Ring):
         at = self.start + FRAME_SIZE + self.fill
         memory = self.memory
         RECORD.pack_into(memory, at, size, flags)
-        memory[at + RECORD.size:at + RECORD.size + size] = piece
-        self.fill += RECORD.size + size
-        if self.fill >= self.capacity - RECORD.size:
+        at += RECORD.size
+        memory[at:at + size] = piece
+        self.fill = fill = self.fill + RECORD.size + size
+        if fill >= self.capacity - RECORD.size:
             self._publish()  # no room for another record
 
     def _publish(self, flags: int = 0) -> None:
         """Write the open frame's header, then count it: the reader may take it."""
         FRAME.pack_into(self.memory, self.start, FRAME_MAGIC, self.fill, flags, self.seq)
         sem_post(self.full.sem)  # after the frame: sem_post releases what we stored
-        self.next_slot()
+        self.seq += 1
+        self.start = self.start + self.slot_size if self.start != self.last else HEADER_SIZE
         self.fill = 0
         self.held = False
 
@@ -1525,11 +1523,11 @@ class Reader(Ring):
     def take_frame(self, deliver: Callable[[memoryview, int], None]) -> bool:
         """Check frame seq, deliver its records and hand its slot back; return True
         if it was the END frame. Call it once for each one taken from the full count."""
-        memory, start = self.memory, self.start
-        magic, length, flags, seq = FRAME.unpack_from(memory, start)
-        if magic != FRAME_MAGIC or seq != self.seq or flags & ~END:
-            raise CorruptFrame(f"frame {self.seq} at offset {start} has a bad header"
-                               f" (magic {magic!r}, seq {seq}, flags {flags:#x})")
+        memory, start, seq = self.memory, self.start, self.seq
+        magic, length, flags, claimed = FRAME.unpack_from(memory, start)
+        if magic != FRAME_MAGIC or claimed != seq or flags & ~END:
+            raise CorruptFrame(f"frame {seq} at offset {start} has a bad header"
+                               f" (magic {magic!r}, seq {claimed}, flags {flags:#x})")
         if length > self.capacity:
             raise CorruptFrame(f"frame {self.seq} claims {length} bytes; its slot holds"
                                f" {self.capacity}: refusing to read past it")
@@ -1547,7 +1545,8 @@ class Reader(Ring):
             at += size
         self.messages += whole
         sem_post(self.free.sem)  # after the reads: the writer may refill the slot
-        self.next_slot()
+        self.seq = seq + 1
+        self.start = start + self.slot_size if start != self.last else HEADER_SIZE
         return flags == END
 
 
