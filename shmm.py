@@ -627,7 +627,7 @@ class Cleanup(contextlib.ExitStack):
 HEADER = struct.Struct("=8sIIiI")  # magic, slots, slot_size, writer_pid, stream
 HEADER_SIZE = 128                  # bytes reserved for it and the two counts at offset 0
 MAGIC = b"shmm.py3"
-OUR_MAGIC = b"shmm.py"             # what every layout's magic starts with (section 11)
+OUR_MAGIC = b"shmm.py"             # every layout's magic: this and its digit (section 11)
 FULL_AT = 64                       # offset of the count of full slots (a sem_t)
 FREE_AT = 96                       # offset of the count of free slots (a sem_t)
 FRAME = struct.Struct("=4sIIQ")    # magic, length, flags, seq
@@ -758,7 +758,7 @@ def remove_leftover(key: int) -> int:
             raise in_use(where, others, status.shm_cpid)
         if blank and process_exists(status.shm_cpid):
             raise blank_in_use(where, status)
-        if not start.startswith(OUR_MAGIC) and not blank:
+        if not is_our_magic(start) and not blank:
             raise Refused(ExitCode.SEGMENT_CONFLICT,
                           f"{where}, which processa did not make (or a processa"
                           " --seed-protocol, whose format has no header to tell); pick another"
@@ -771,6 +771,12 @@ def remove_leftover(key: int) -> int:
 
 
 SETUP_SECONDS = 5  # a processa lays out its new segment well within this
+
+
+def is_our_magic(start: bytes) -> bool:
+    """Tell whether a segment starts with the magic of one of our layouts:
+    b"shmm.py" and the layout's digit (text that merely begins so does not)."""
+    return start.startswith(OUR_MAGIC) and start[len(OUR_MAGIC):len(OUR_MAGIC) + 1].isdigit()
 
 
 def blank_in_use(where: str, status: shmid_ds) -> Refused:
@@ -1257,6 +1263,15 @@ def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
 # that someone waits on undefined; processb closes notify only after its
 # last count). On any other way out, a signal or an error, processa leaves
 # them: a processb may be asleep on them, and they go with the segment.
+#
+# What the counts trust: whoever may write the segment, its own user (or,
+# with --mode 0666, everyone). Garbage in a sem_t makes glibc's futex(2)
+# call fail in a way it does not expect, and glibc then aborts the process
+# (SIGABRT, "The futex facility returned an unexpected error code"), before
+# any cleanup: the next processa, or `make clean`, removes what it left. A
+# process that takes a count for itself leaves both sides waiting, as one
+# that read a token off a FIFO did before. The segment's mode is what
+# keeps others out.
 
 MAX_SLOTS = 2**31 - 1  # slots at most: SEM_VALUE_MAX (<limits.h>), the most a count holds
 SPIN_MOST = 100e-6     # seconds a waiter spins at most before it sleeps
