@@ -42,7 +42,7 @@ MAX_LINE = 1 << 20    # bytes: the longest line text mode carries. processa hold
 #
 # The segment carries the bytes and counts them; two FIFOs carry the rest:
 # the handshake, the writer's lock and the news that a side has gone (see
-# shmm.py section 12). processa makes them in a directory only its own user
+# shmm.py section 10). processa makes them in a directory only its own user
 # can write, named after the key, so processb finds them from the key alone,
 # whatever its current directory.
 # The directory depends on the uid alone, not on $XDG_RUNTIME_DIR, which

@@ -100,7 +100,7 @@ titles=("" "the key: ftok(3)" "create, then create again: EEXIST"
     "size: 4097 bytes take two pages" "nattch: 0, 1, 2, 1, 0 as processes attach and detach"
     "another process sees the bytes" "no synchronisation: lines lost and lines repeated"
     "IPC_RMID while attached; why shmids are large"
-    "the tutorial's one FIFO loses lines; our two do not" "the tutorial's own a.cc and b.cc")
+    "the tutorial's one FIFO loses lines; our counts do not" "the tutorial's own a.cc and b.cc")
 
 # --- Saying, running, checking ----------------------------------------------------
 
@@ -636,9 +636,10 @@ lesson_10() {
         "$(times_printed "$logs/a" "Message received: three")"
     expect "lines it printed in all" 3 "$(grep -c '^Message received: ' "$logs/a")"
 
-    say "The same with our two FIFOs: processb never fills a slot that processa has not handed" \
-        "back. With four slots, there is room for the three lines (printf writes them one by one:" \
-        "one frame, or up to three) and the END frame; then processb must wait:"
+    say "The same with our channel: processb never fills a slot that processa has not handed" \
+        "back (the count of free slots, in the segment). With four slots, there is room for" \
+        "the three lines (printf writes them one by one: one frame, or up to three) and the" \
+        "END frame; then processb must wait:"
     fresh_key
     hold in10b
     start a "processa.py --slots 4 --path . --proj-id $proj"

@@ -235,7 +235,7 @@ def log_status(segment: shmm.Segment) -> None:
 
 
 def serve_tutorial_protocol(cleanup: shmm.Cleanup, memory: memoryview) -> None:
-    """Speak the tutorial's protocol (shmm.py section 14): print the C string at
+    """Speak the tutorial's protocol (shmm.py section 8): print the C string at
     offset 0 each time a byte arrives on ./myfifo."""
     with shmm.signals_deferred():
         if shmm.has_reader(comm.SEED_FIFO):

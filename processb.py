@@ -392,7 +392,7 @@ def read_stdin(room: memoryview) -> int:
 
 # --- 5. The tutorial's protocol (--seed-protocol) -------------------------------------
 #
-# With --seed-protocol we speak to the tutorial's a.cc (shmm.py section 14): each
+# With --seed-protocol we speak to the tutorial's a.cc (shmm.py section 8): each
 # line, newline kept, goes into the segment as a C string, announced by one
 # byte on ./myfifo. Like fgets(3) into a 4096-byte buffer, a longer line
 # goes as several strings of at most 4095 bytes. Nothing tells us when the

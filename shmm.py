@@ -2,7 +2,9 @@
 
 This file is the library behind processa.py (the reader, started first) and
 processb.py (the writer). Read it top to bottom: each section introduces one
-idea and builds on the sections above it only.
+idea and builds on the sections above it, except that Part II already raises
+the errors and relies on the cleanup of Part III, which a first reading can
+take on trust.
 
     Part I. System V shared memory
      1. libc through ctypes         the C calls, declared once
@@ -13,14 +15,15 @@ idea and builds on the sections above it only.
      6. remove                      shmctl(2) IPC_RMID
      7. the segment as one object   Segment, a context manager
     Part II. A channel between two processes
-     8. errors the user reads       one line and an exit code, never a traceback
-     9. signals and cleanup         Ctrl-C never leaves a segment behind
-    10. the message layout          a header, then slots of frames of records
-    11. a segment left behind       what a crash leaves, and when to remove it
-    12. the FIFOs                   the handshake, one writer, the death notice
-    13. sending and receiving       two counts (POSIX semaphores), Writer and Reader
-    14. the tutorial's protocol     one C string, one FIFO, no acknowledgement
-    Part III. Plumbing
+     8. the tutorial's channel      one C string, one FIFO, and what it loses
+     9. the message layout          a header, then slots of frames of records
+    10. the FIFOs                   the handshake, one writer, the death notice
+    11. sending and receiving       two counts (POSIX semaphores), Writer and Reader
+    Part III. What keeps it safe
+    12. errors the user reads       one line and an exit code, never a traceback
+    13. signals and cleanup         Ctrl-C never leaves a segment behind
+    14. a segment left behind       what a crash leaves, and when to remove it
+    Part IV. Plumbing
     15. for the programs            logging, standard streams, options
     16. the command line            python3 shmm.py key|ls|stat|rm|clean
     17. the experiments             python3 shmm.py create|attach|write|read|chmod
@@ -202,7 +205,7 @@ def show_argument(param: str, value: Any) -> str:
 #
 # Limits, stated where they bite: only 8 bits of the project id, 8 of the
 # device and 16 of the inode survive, so two files can give the same key
-# (then shmget finds someone else's segment: section 11 tells them apart);
+# (then shmget finds someone else's segment: section 14 tells them apart);
 # and a file that is deleted and re-created gets a new inode, so a new key.
 #
 # ftok returns a key_t, a signed int. With a project id of 0x80 or more the top
@@ -328,6 +331,10 @@ shmctl = declare("shmctl", ctypes.c_int, -1,
 # the address to 32 bits), and it fails with (void *) -1, not NULL. shmdt
 # returns an int, 0 or -1.
 
+# The kernel maps whole pages, so a segment's size is rounded up to them
+# (shmget(2)): what section 17's attach shows, and why 4097 bytes take two.
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
 shmat = declare("shmat", ctypes.c_void_p, ctypes.c_void_p(-1).value,
                 shmid=ctypes.c_int, shmaddr=ctypes.c_void_p, shmflg=ctypes.c_int)
 shmdt = declare("shmdt", ctypes.c_int, -1, shmaddr=ctypes.c_void_p)
@@ -420,163 +427,53 @@ class Segment(contextlib.AbstractContextManager):
 # Part II. A channel between two processes
 #
 # Shared memory moves bytes, and nothing else: who may write, when a message
-# is ready, when it has been read, and what a crash leaves behind are ours to
-# settle. Sections 8 to 14 settle them, for processa and processb.
+# is ready and when it has been read are ours to settle. Section 8 is the
+# tutorial's answer, one C string and one FIFO, the smallest program that
+# talks, and the way it loses lines; sections 9 to 11 are ours, each part
+# brought in by the failure it prevents. Their errors (Refused) and their
+# safety under signals and crashes are Part III.
 # ======================================================================================
 
 
-# --- 8. Errors the user reads ---------------------------------------------------------
+# --- 8. The tutorial's channel: one C string, one FIFO --------------------------------
 #
-# A failed call raises OSError at once (above), with the call and its
-# arguments as the "filename". The programs turn it into one line on stderr;
-# where we know what went wrong, we raise Refused instead, with a sentence
-# saying what to do and the exit code for it.
-
-
-class Refused(Exception):
-    """A one-line explanation for the user and the exit code that goes with it."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class PeerGone(Refused):
-    """The process at the other end went away in mid-conversation."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ExitCode.PEER_GONE, message)
-
-
-class CorruptFrame(Refused):
-    """A frame header in the segment failed a check: never read past it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ExitCode.CORRUPT, message)
-
-
-def describe(err: OSError) -> str:
-    """Say what failed and why: 'shmget(key=0x46010004, ...): EEXIST (File exists)'."""
-    what = err.filename if err.filename is not None else "a system call"
-    return f"{what}: {describe_errno(err)}"
-
-
-def describe_errno(err: OSError) -> str:
-    """Name an error as C programmers know it: 'ENOSPC (No space left on device)'."""
-    return f"{errno.errorcode.get(err.errno or 0, f'errno {err.errno}')} ({err.strerror})"
-
-
-# IPC_STAT needs read permission, even for the owner: a segment made with
-# mode 0 (as the tutorial's b.cc, started first, made it) is closed to its
-# own user too. /proc/sysvipc/shm, which every user may read, still tells
-# whose it is: key shmid perms size cpid lpid nattch uid gid cuid cgid ...
-
-
-def why_unreadable(shmid: int, advice: str) -> str:
-    """Say why IPC_STAT of shmid was refused: another user's segment (then
-    give advice), or one of our own whose mode lets not even us read it."""
-    with open("/proc/sysvipc/shm") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    row = next((fields for fields in rows if int(fields[1]) == shmid), None)
-    if row is None:
-        return f"shmid {shmid} is gone"
-    mode, cuid = int(row[2], 8) & 0o777, int(row[9])
-    if cuid != os.getuid():
-        return (f"shmid {shmid} was made by uid {cuid}, and its mode {mode:04o} does not let"
-                f" uid {os.getuid()} read it; {advice.format(uid=cuid)}")
-    return (f"shmid {shmid} is yours, but its mode {mode:04o} lets not even you read it:"
-            " processa did not make it (the tutorial's b.cc, started first, makes one with"
-            f" mode 0); if nothing uses it, remove it with `ipcrm -m {shmid}` and start"
-            " processa again")
-
-
-# --- 9. Signals and cleanup -----------------------------------------------------------
+# The smallest program that talks through a segment is the tutorial's last
+# pair, a.cc and b.cc; --seed-protocol makes processa and processb speak it,
+# so that they talk to those C++ programs too:
 #
-# The creator must remove the segment on every way out: the end of input, an
-# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-\
-# (SIGQUIT), and the other signals that end a process by default and that a
-# person or a script sends (SIGUSR1, SIGUSR2, SIGALRM). Python ignores
-# SIGPIPE and SIGXFSZ itself, so that a write fails with EPIPE or EFBIG,
-# which we report. Each stop signal raises Interrupted in the main thread,
-# which interrupts a blocking open(2), read(2) or poll(2) and unwinds through
-# the `with` blocks that own the segment and the FIFOs; then the process dies
-# by the signal itself (die_by), so that a shell loop around it stops too.
-# Two gaps remain, and signals_deferred closes them: a signal just after
-# shmget, before the cleanup is registered, and a signal during the cleanup
-# itself. kill -9 cannot be caught: section 11 deals with what it leaves.
+#   the segment   one NUL-terminated string at offset 0, as fgets(3) leaves
+#                 it: with its newline, at most size - 1 bytes
+#   the FIFO      ./myfifo (in the current directory), mode 0664; the writer
+#                 writes one byte per line, and closes it at the end
 #
-# A signal that was ignored when we started stays ignored (nohup, or a
-# background job of a non-interactive shell, which ignores SIGINT): that
-# was the caller's decision.
-#
-# Once everything is cleaned up, the program dies by the signal that stopped
-# it (die_by): the default action again, and the signal raised again. An
-# exit(130) would look the same in $?, but a shell tells the two apart: a
-# child that exits, even with 130, handled the Ctrl-C itself, so a loop
-# around it (`for i in 1 2 3; do python3 processa.py; done`) goes on to the
-# next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
-# does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                signal.SIGUSR2, signal.SIGALRM)
+# The byte says "a line is there", so the reader no longer prints the same
+# line again and again, as the tutorial's first reader did (lesson 8). But
+# nothing says "I have printed it": a writer faster than its reader, which
+# is any writer fed by a pipe, overwrites lines before they are printed, and
+# lesson 10 counts them. Sections 9 to 11 are the repair: a length for each
+# message, slots that the writer may not fill again until the reader hands
+# them back, and a way for each side to learn that the other has gone.
 
 
-class Interrupted(BaseException):
-    """A stop signal arrived. Like KeyboardInterrupt, not an Exception, so that
-    no `except Exception` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
+def read_c_string(memory: memoryview) -> bytes:
+    """Return the NUL-terminated string at offset 0 (all of memory if no NUL)."""
+    # A page at a time, up to the NUL: reading a page of a segment makes the
+    # kernel give it memory, so reading all of a large one would fill it.
+    for start in range(0, len(memory), PAGE_SIZE):
+        end = bytes(memory[start:start + PAGE_SIZE]).find(b"\0")
+        if end >= 0:
+            return bytes(memory[:start + end])
+    return bytes(memory)
 
 
-def end_quietly_on_signals() -> None:
-    """Until stop_on_signals, let Ctrl-C end us by its default action, without
-    Python's KeyboardInterrupt traceback: nothing is made yet to clean up."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+def write_c_string(memory: memoryview, text: bytes) -> None:
+    """Put text at offset 0 as a NUL-terminated string; text must leave room for the NUL."""
+    assert len(text) < len(memory), "no room for the terminating NUL"
+    memory[:len(text)] = text
+    memory[len(text)] = 0
 
 
-def stop_on_signals() -> None:
-    """Make each stop signal raise Interrupted, unless it is ignored."""
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, _interrupt)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold stop signals back until the block ends, so that it runs whole."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def die_by(signum: int) -> None:
-    """End this process by signal signum, as its default action does."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    signal.signal(signum, signal.SIG_DFL)  # SIGQUIT's would dump core: not with a limit of 0
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-    signal.raise_signal(signum)
-
-
-class Cleanup(contextlib.ExitStack):
-    """An ExitStack whose unwinding no signal can cut short."""
-
-    def __exit__(self, *exc_info: object) -> bool:
-        with signals_deferred():
-            return super().__exit__(*exc_info)
-
-
-# --- 10. The message layout -----------------------------------------------------------
+# --- 9. The message layout ------------------------------------------------------------
 #
 # The tutorial's segment held one C string: no length, no way to send more
 # than 4096 bytes, no way to tell our segment from anyone else's. Ours starts
@@ -599,7 +496,7 @@ class Cleanup(contextlib.ExitStack):
 #     (up to 64: unused, 0)
 #     full        sem_t    at 64, 32 bytes: how many slots hold a frame
 #     free        sem_t    at 96, 32 bytes: how many slots the writer may fill
-#                          (the two counts: section 13)
+#                          (the two counts: section 11)
 #   frame header (FRAME, 64 bytes reserved), written by processb:
 #     magic       4 bytes  b"frm2"
 #     length      u32      bytes of records in this frame
@@ -627,7 +524,7 @@ class Cleanup(contextlib.ExitStack):
 HEADER = struct.Struct("=8sIIiI")  # magic, slots, slot_size, writer_pid, stream
 HEADER_SIZE = 128                  # bytes reserved for it and the two counts at offset 0
 MAGIC = b"shmm.py3"
-OUR_MAGIC = b"shmm.py"             # every layout's magic: this and its digit (section 11)
+OUR_MAGIC = b"shmm.py"             # every layout's magic: this and its digit (section 14)
 FULL_AT = 64                       # offset of the count of full slots (a sem_t)
 FREE_AT = 96                       # offset of the count of free slots (a sem_t)
 FRAME = struct.Struct("=4sIIQ")    # magic, length, flags, seq
@@ -699,188 +596,17 @@ def claim_header(memory: memoryview, writer_pid: int) -> None:
     HEADER.pack_into(memory, 0, magic, slots, slot_size, writer_pid, stream)
 
 
-# --- 11. A segment left behind --------------------------------------------------------
+# --- 10. The FIFOs --------------------------------------------------------------------
 #
-# kill -9, a power cut or a bug can end processa before it removes its
-# segment; the next processa then meets EEXIST at its key. PostgreSQL's
-# sysv_shmem.c shows how to decide what to do: read the segment's nattch
-# (IPC_STAT does not attach, so does not change it) and look for our magic.
+# Section 8's channel loses lines because nothing tells its writer that the
+# reader is done. The repair is two counts, "slots full" and "slots free":
+# the writer never fills a slot that the reader has not freed, and the
+# reader never reads one that the writer has not filled; with one slot this
+# is the tutorial's lock-step, completed. The counts live in the segment
+# itself (section 11), so that handing a frame over between two running
+# processes is a few stores and no system call at all.
 #
-#   another user created it    never touch it (root could remove anyone's)
-#   nattch > 0                 somebody uses it: never touch it
-#   nattch 0, our magic        a crashed processa's: remove it and go on. Any
-#                              layout's magic counts (b"shmm.py" and a digit):
-#                              a processa of an older version, b"shmm.py2",
-#                              killed before an upgrade, left it just the same
-#   nattch 0, every byte 0     a processa killed between shmget and writing
-#                              its header: ours as well, remove it (unless
-#                              its creator is alive and still setting it up);
-#                              if it was another program's, nothing is lost
-#   anything else              not ours: refuse, and say how to pick a key
-#
-# Looking takes several steps, and another processa may start between them:
-# read nattch 0, then it attaches and writes its magic, then we read the
-# magic and would remove a live segment. So we attach first, read the
-# header, and only then read nattch again: if it is exactly 1 (us), no
-# other process was attached when we read the header, so the magic we saw
-# was left by a process that has gone, and the segment is a leftover. (A
-# processa that makes a segment stays attached until it removes it.) We
-# remove it while still attached; the kernel frees it when we detach.
-#
-# PostgreSQL dropped "is the creator's pid alive?" as a test of staleness,
-# because pids are reused. We ask it only of an all-zero segment, and only to
-# refuse: a reused pid then makes us wait for nothing, never remove a
-# segment in use.
-
-
-def remove_leftover(key: int) -> int:
-    """Remove the segment a crashed processa left at key and return its shmid;
-    raise Refused if it is in use or not ours."""
-    segment = Segment.find(key)
-    where = f"key {show_key(key)} has shmid {segment.shmid}"
-    try:
-        status = segment.status()
-    except PermissionError:
-        raise Refused(ExitCode.SEGMENT_CONFLICT, f"key {show_key(key)}: " + why_unreadable(
-            segment.shmid, "pick another key with --proj-id or --path")) from None
-    creator = status.shm_perm.cuid
-    if creator != os.geteuid():
-        raise Refused(ExitCode.SEGMENT_CONFLICT,
-                      f"{where}, created by {user_name(creator)} (uid {creator}), not by us:"
-                      f" only they can remove it; pick another key with --proj-id or --path")
-    if status.shm_nattch:
-        raise in_use(where, status.shm_nattch, status.shm_cpid)
-    try:
-        memory = segment.attach(readonly=True)
-        start, blank = bytes(memory[:HEADER_SIZE]), all_zero(memory)
-        others = segment.status().shm_nattch - 1  # we are attached too now
-        if others:
-            raise in_use(where, others, status.shm_cpid)
-        if blank and process_exists(status.shm_cpid):
-            raise blank_in_use(where, status)
-        if not is_our_magic(start) and not blank:
-            raise Refused(ExitCode.SEGMENT_CONFLICT,
-                          f"{where}, which processa did not make (or a processa"
-                          " --seed-protocol, whose format has no header to tell); pick another"
-                          " key with --proj-id or --path, or, if you know that nobody uses it,"
-                          f" remove it with: ipcrm -m {segment.shmid}")
-        segment.remove()
-    finally:
-        segment.detach()
-    return segment.shmid
-
-
-SETUP_SECONDS = 5  # a processa lays out its new segment well within this
-
-
-def is_our_magic(start: bytes) -> bool:
-    """Tell whether a segment starts with the magic of one of our layouts:
-    b"shmm.py" and the layout's digit (text that merely begins so does not)."""
-    return start.startswith(OUR_MAGIC) and start[len(OUR_MAGIC):len(OUR_MAGIC) + 1].isdigit()
-
-
-def blank_in_use(where: str, status: shmid_ds) -> Refused:
-    """Refuse an all-zero segment whose creator still runs: a processa setting
-    it up, if it is new; after SETUP_SECONDS, some other program's."""
-    cpid, age = status.shm_cpid, int(time.time() - status.shm_ctime)
-    if age < SETUP_SECONDS:
-        return Refused(ExitCode.SEGMENT_CONFLICT,
-                       f"{where}, which pid {cpid} has just created and is setting up; is"
-                       " another processa starting? Try again in a moment")
-    return Refused(ExitCode.SEGMENT_CONFLICT,
-                   f"{where}, all zero, made {age} s ago by pid {cpid} ({command_name(cpid)}),"
-                   " which still runs: not a processa setting up, but another program's; pick"
-                   " another key with --proj-id or --path")
-
-
-def command_name(pid: int) -> str:
-    """Return the command name of process pid (/proc/PID/comm), or '?' if it is gone."""
-    try:
-        with open(f"/proc/{pid}/comm") as comm_file:
-            return comm_file.read().strip()
-    except OSError:
-        return "?"
-
-
-def all_zero(memory: memoryview) -> bool:
-    """Tell whether every byte of memory is 0, comparing a MiB at a time."""
-    zeros = bytes(min(len(memory), 1 << 20))
-    return all(memory[at:at + len(zeros)] == zeros[:len(memory) - at]
-               for at in range(0, len(memory), len(zeros)))
-
-
-def in_use(where: str, nattch: int, creator: int) -> Refused:
-    """Say that the segment at our key is in use, by whom, and what to do."""
-    return Refused(ExitCode.SEGMENT_CONFLICT,
-                   f"{where}, in use by {nattch} attached process(es), created by pid {creator}."
-                   " Is processa already running? Stop it first, or pick another key with"
-                   " --proj-id")
-
-
-def process_exists(pid: int) -> bool:
-    """Tell whether a process with this pid exists (kill(2) with signal 0)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, but belongs to someone else
-    return True
-
-
-def user_name(uid: int) -> str:
-    """Return the login name for uid, or the number when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def group_name(gid: int) -> str:
-    """Return the name of group gid, or the number when it has none."""
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def create_segment(key: int, size: int, mode: int) -> Segment:
-    """Create the segment at key, first removing one a crashed processa left there."""
-    for _ in range(3):
-        try:
-            return Segment.create(key, size, mode)
-        except FileExistsError:
-            pass
-        try:
-            shmid = remove_leftover(key)
-        except OSError as err:
-            if err.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
-                raise
-            continue  # it went away while we looked: another processa removed it
-        log.warning("removed shmid %d, left at key %s by a processa that did not clean up",
-                    shmid, show_key(key))
-    raise Refused(ExitCode.SEGMENT_CONFLICT, f"segments keep appearing at key {show_key(key)};"
-                  " pick another key with --proj-id")
-
-
-# --- 12. The FIFOs --------------------------------------------------------------------
-#
-# Shared memory has no notion of "a message is ready": the tutorial's first
-# reader printed the segment every second, repeating some messages and
-# missing others. Its last section added a FIFO: the writer fills the
-# segment, then writes one byte; the reader blocks in read(2) until that byte
-# comes. That stops the repeats but not the losses: nothing stops the writer
-# from overwriting the segment before the reader has printed it, and with
-# input piped in, it will (fgets is much faster than printf to a terminal).
-#
-# The repair is two counts, "slots full" and "slots free": the writer never
-# fills a slot that the reader has not freed, and the reader never reads one
-# that the writer has not filled; with one slot this is the tutorial's
-# lock-step, completed. The counts live in the segment itself (section 13),
-# so that handing a frame over between two running processes is a few
-# stores and no system call at all.
-#
-# The FIFOs stay, for what a count in memory cannot do:
+# The tutorial's FIFO stays, as two, for what a count in memory cannot do:
 #   the handshake  processb finds a live processa by opening notify (ENXIO:
 #                  nobody listens), and says hello with one byte on it
 #   one writer     processb holds an flock(2) on notify (processb.py section 3)
@@ -1198,7 +924,7 @@ def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
     log.info("removed %s", path)
 
 
-# --- 13. Sending and receiving --------------------------------------------------------
+# --- 11. Sending and receiving --------------------------------------------------------
 #
 # Both ends walk the slots in the same order: frame n lives in slot n % slots.
 # Two counts in the segment header say how far each of them may go:
@@ -1252,7 +978,7 @@ def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
 # A count cannot say that the other side has died: sem_wait for a processb
 # killed by kill -9 would wait for ever. So a waiter sleeps in
 # sem_timedwait for SLEEP_LEAST, growing to SLEEP_MOST, and between sleeps
-# asks poll(2) whether its FIFO hung up (section 12). sem_timedwait takes an
+# asks poll(2) whether its FIFO hung up (section 10). sem_timedwait takes an
 # absolute deadline on CLOCK_REALTIME (a clock set back during a sleep
 # stretches that one sleep). A signal ends the sleep with EINTR; Python runs
 # its handler as soon as the call returns (a stop signal raises
@@ -1269,8 +995,8 @@ def unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
 # call fail in a way it does not expect, and glibc then aborts the process
 # (SIGABRT, "The futex facility returned an unexpected error code"), before
 # any cleanup: the next processa, or `make clean`, removes what it left. A
-# process that takes a count for itself leaves both sides waiting, as one
-# that read a token off a FIFO did before. The segment's mode is what
+# process that takes a count for itself leaves both sides waiting for ever
+# (the reader for a frame that never comes). The segment's mode is what
 # keeps others out.
 
 MAX_SLOTS = 2**31 - 1  # slots at most: SEM_VALUE_MAX (<limits.h>), the most a count holds
@@ -1411,7 +1137,7 @@ class Writer(Ring):
         self.fill = 0                      # bytes of records in the open frame
         self.held = False                  # the open frame's slot is taken from the free count
         try:
-            os.write(notify_fd, b"h")      # hello: the handshake's last step (section 12)
+            os.write(notify_fd, b"h")      # hello: the handshake's last step (section 10)
         except BrokenPipeError:
             raise PeerGone("processa has gone away (the notify FIFO has no reader)") from None
 
@@ -1565,44 +1291,332 @@ class Reader(Ring):
         return flags == END
 
 
-# --- 14. The tutorial's protocol ------------------------------------------------------
+# ======================================================================================
+# Part III. What keeps it safe
 #
-# The tutorial's last pair of programs (a.cc and b.cc) speaks a simpler
-# protocol, which --seed-protocol lets processa and processb speak too, so
-# they can talk to the tutorial's own C++ programs:
+# The channel above works while nothing goes wrong. These sections are for
+# when something does: a failure said in one line with its exit code, a
+# signal at any moment, and a segment that a killed processa left behind.
+# ======================================================================================
+
+
+# --- 12. Errors the user reads --------------------------------------------------------
 #
-#   the segment   one NUL-terminated string at offset 0, as fgets(3) leaves
-#                 it: with its newline, at most size - 1 bytes
-#   the FIFO      ./myfifo (in the current directory), mode 0664; the writer
-#                 writes one byte per message, and closes it at the end
+# A failed call raises OSError at once (above), with the call and its
+# arguments as the "filename". The programs turn it into one line on stderr;
+# where we know what went wrong, we raise Refused instead, with a sentence
+# saying what to do and the exit code for it.
+
+
+class Refused(Exception):
+    """A one-line explanation for the user and the exit code that goes with it."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PeerGone(Refused):
+    """The process at the other end went away in mid-conversation."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.PEER_GONE, message)
+
+
+class CorruptFrame(Refused):
+    """A frame header in the segment failed a check: never read past it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ExitCode.CORRUPT, message)
+
+
+def describe(err: OSError) -> str:
+    """Say what failed and why: 'shmget(key=0x46010004, ...): EEXIST (File exists)'."""
+    what = err.filename if err.filename is not None else "a system call"
+    return f"{what}: {describe_errno(err)}"
+
+
+def describe_errno(err: OSError) -> str:
+    """Name an error as C programmers know it: 'ENOSPC (No space left on device)'."""
+    return f"{errno.errorcode.get(err.errno or 0, f'errno {err.errno}')} ({err.strerror})"
+
+
+# IPC_STAT needs read permission, even for the owner: a segment made with
+# mode 0 (as the tutorial's b.cc, started first, made it) is closed to its
+# own user too. /proc/sysvipc/shm, which every user may read, still tells
+# whose it is: key shmid perms size cpid lpid nattch uid gid cuid cgid ...
+
+
+def why_unreadable(shmid: int, advice: str) -> str:
+    """Say why IPC_STAT of shmid was refused: another user's segment (then
+    give advice), or one of our own whose mode lets not even us read it."""
+    with open("/proc/sysvipc/shm") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    row = next((fields for fields in rows if int(fields[1]) == shmid), None)
+    if row is None:
+        return f"shmid {shmid} is gone"
+    mode, cuid = int(row[2], 8) & 0o777, int(row[9])
+    if cuid != os.getuid():
+        return (f"shmid {shmid} was made by uid {cuid}, and its mode {mode:04o} does not let"
+                f" uid {os.getuid()} read it; {advice.format(uid=cuid)}")
+    return (f"shmid {shmid} is yours, but its mode {mode:04o} lets not even you read it:"
+            " processa did not make it (the tutorial's b.cc, started first, makes one with"
+            f" mode 0); if nothing uses it, remove it with `ipcrm -m {shmid}` and start"
+            " processa again")
+
+
+# --- 13. Signals and cleanup ----------------------------------------------------------
 #
-# There is no acknowledgement: a writer that is faster than the reader (any
-# piped input) overwrites messages before they are printed. That is the
-# tutorial's design, kept here as it is, to compare with ours.
+# The creator must remove the segment on every way out: the end of input, an
+# error, Ctrl-C (SIGINT), kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-\
+# (SIGQUIT), and the other signals that end a process by default and that a
+# person or a script sends (SIGUSR1, SIGUSR2, SIGALRM). Python ignores
+# SIGPIPE and SIGXFSZ itself, so that a write fails with EPIPE or EFBIG,
+# which we report. Each stop signal raises Interrupted in the main thread,
+# which interrupts a blocking open(2), read(2) or poll(2) and unwinds through
+# the `with` blocks that own the segment and the FIFOs; then the process dies
+# by the signal itself (die_by), so that a shell loop around it stops too.
+# Two gaps remain, and signals_deferred closes them: a signal just after
+# shmget, before the cleanup is registered, and a signal during the cleanup
+# itself. kill -9 cannot be caught: section 14 deals with what it leaves.
+#
+# A signal that was ignored when we started stays ignored (nohup, or a
+# background job of a non-interactive shell, which ignores SIGINT): that
+# was the caller's decision.
+#
+# Once everything is cleaned up, the program dies by the signal that stopped
+# it (die_by): the default action again, and the signal raised again. An
+# exit(130) would look the same in $?, but a shell tells the two apart: a
+# child that exits, even with 130, handled the Ctrl-C itself, so a loop
+# around it (`for i in 1 2 3; do python3 processa.py; done`) goes on to the
+# next run; a child killed by SIGINT stops the loop and the script, as Ctrl-C
+# does to `sleep`. See "Proper handling of SIGINT/SIGQUIT" (Cracauer).
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")  # bytes per page of memory
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM)
 
 
-def read_c_string(memory: memoryview) -> bytes:
-    """Return the NUL-terminated string at offset 0 (all of memory if no NUL)."""
-    # A page at a time, up to the NUL: reading a page of a segment makes the
-    # kernel give it memory, so reading all of a large one would fill it.
-    for start in range(0, len(memory), PAGE_SIZE):
-        end = bytes(memory[start:start + PAGE_SIZE]).find(b"\0")
-        if end >= 0:
-            return bytes(memory[:start + end])
-    return bytes(memory)
+class Interrupted(BaseException):
+    """A stop signal arrived. Like KeyboardInterrupt, not an Exception, so that
+    no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def write_c_string(memory: memoryview, text: bytes) -> None:
-    """Put text at offset 0 as a NUL-terminated string; text must leave room for the NUL."""
-    assert len(text) < len(memory), "no room for the terminating NUL"
-    memory[:len(text)] = text
-    memory[len(text)] = 0
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def end_quietly_on_signals() -> None:
+    """Until stop_on_signals, let Ctrl-C end us by its default action, without
+    Python's KeyboardInterrupt traceback: nothing is made yet to clean up."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_on_signals() -> None:
+    """Make each stop signal raise Interrupted, unless it is ignored."""
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold stop signals back until the block ends, so that it runs whole."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def die_by(signum: int) -> None:
+    """End this process by signal signum, as its default action does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    signal.signal(signum, signal.SIG_DFL)  # SIGQUIT's would dump core: not with a limit of 0
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    signal.raise_signal(signum)
+
+
+class Cleanup(contextlib.ExitStack):
+    """An ExitStack whose unwinding no signal can cut short."""
+
+    def __exit__(self, *exc_info: object) -> bool:
+        with signals_deferred():
+            return super().__exit__(*exc_info)
+
+
+# --- 14. A segment left behind --------------------------------------------------------
+#
+# kill -9, a power cut or a bug can end processa before it removes its
+# segment; the next processa then meets EEXIST at its key. PostgreSQL's
+# sysv_shmem.c shows how to decide what to do: read the segment's nattch
+# (IPC_STAT does not attach, so does not change it) and look for our magic.
+#
+#   another user created it    never touch it (root could remove anyone's)
+#   nattch > 0                 somebody uses it: never touch it
+#   nattch 0, our magic        a crashed processa's: remove it and go on. Any
+#                              layout's magic counts (b"shmm.py" and a digit):
+#                              a processa of an older version, b"shmm.py2",
+#                              killed before an upgrade, left it just the same
+#   nattch 0, every byte 0     a processa killed between shmget and writing
+#                              its header: ours as well, remove it (unless
+#                              its creator is alive and still setting it up);
+#                              if it was another program's, nothing is lost
+#   anything else              not ours: refuse, and say how to pick a key
+#
+# Looking takes several steps, and another processa may start between them:
+# read nattch 0, then it attaches and writes its magic, then we read the
+# magic and would remove a live segment. So we attach first, read the
+# header, and only then read nattch again: if it is exactly 1 (us), no
+# other process was attached when we read the header, so the magic we saw
+# was left by a process that has gone, and the segment is a leftover. (A
+# processa that makes a segment stays attached until it removes it.) We
+# remove it while still attached; the kernel frees it when we detach.
+#
+# PostgreSQL dropped "is the creator's pid alive?" as a test of staleness,
+# because pids are reused. We ask it only of an all-zero segment, and only to
+# refuse: a reused pid then makes us wait for nothing, never remove a
+# segment in use.
+
+
+def remove_leftover(key: int) -> int:
+    """Remove the segment a crashed processa left at key and return its shmid;
+    raise Refused if it is in use or not ours."""
+    segment = Segment.find(key)
+    where = f"key {show_key(key)} has shmid {segment.shmid}"
+    try:
+        status = segment.status()
+    except PermissionError:
+        raise Refused(ExitCode.SEGMENT_CONFLICT, f"key {show_key(key)}: " + why_unreadable(
+            segment.shmid, "pick another key with --proj-id or --path")) from None
+    creator = status.shm_perm.cuid
+    if creator != os.geteuid():
+        raise Refused(ExitCode.SEGMENT_CONFLICT,
+                      f"{where}, created by {user_name(creator)} (uid {creator}), not by us:"
+                      f" only they can remove it; pick another key with --proj-id or --path")
+    if status.shm_nattch:
+        raise in_use(where, status.shm_nattch, status.shm_cpid)
+    try:
+        memory = segment.attach(readonly=True)
+        start, blank = bytes(memory[:HEADER_SIZE]), all_zero(memory)
+        others = segment.status().shm_nattch - 1  # we are attached too now
+        if others:
+            raise in_use(where, others, status.shm_cpid)
+        if blank and process_exists(status.shm_cpid):
+            raise blank_in_use(where, status)
+        if not is_our_magic(start) and not blank:
+            raise Refused(ExitCode.SEGMENT_CONFLICT,
+                          f"{where}, which processa did not make (or a processa"
+                          " --seed-protocol, whose format has no header to tell); pick another"
+                          " key with --proj-id or --path, or, if you know that nobody uses it,"
+                          f" remove it with: ipcrm -m {segment.shmid}")
+        segment.remove()
+    finally:
+        segment.detach()
+    return segment.shmid
+
+
+SETUP_SECONDS = 5  # a processa lays out its new segment well within this
+
+
+def is_our_magic(start: bytes) -> bool:
+    """Tell whether a segment starts with the magic of one of our layouts:
+    b"shmm.py" and the layout's digit (text that merely begins so does not)."""
+    return start.startswith(OUR_MAGIC) and start[len(OUR_MAGIC):len(OUR_MAGIC) + 1].isdigit()
+
+
+def blank_in_use(where: str, status: shmid_ds) -> Refused:
+    """Refuse an all-zero segment whose creator still runs: a processa setting
+    it up, if it is new; after SETUP_SECONDS, some other program's."""
+    cpid, age = status.shm_cpid, int(time.time() - status.shm_ctime)
+    if age < SETUP_SECONDS:
+        return Refused(ExitCode.SEGMENT_CONFLICT,
+                       f"{where}, which pid {cpid} has just created and is setting up; is"
+                       " another processa starting? Try again in a moment")
+    return Refused(ExitCode.SEGMENT_CONFLICT,
+                   f"{where}, all zero, made {age} s ago by pid {cpid} ({command_name(cpid)}),"
+                   " which still runs: not a processa setting up, but another program's; pick"
+                   " another key with --proj-id or --path")
+
+
+def command_name(pid: int) -> str:
+    """Return the command name of process pid (/proc/PID/comm), or '?' if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm_file:
+            return comm_file.read().strip()
+    except OSError:
+        return "?"
+
+
+def all_zero(memory: memoryview) -> bool:
+    """Tell whether every byte of memory is 0, comparing a MiB at a time."""
+    zeros = bytes(min(len(memory), 1 << 20))
+    return all(memory[at:at + len(zeros)] == zeros[:len(memory) - at]
+               for at in range(0, len(memory), len(zeros)))
+
+
+def in_use(where: str, nattch: int, creator: int) -> Refused:
+    """Say that the segment at our key is in use, by whom, and what to do."""
+    return Refused(ExitCode.SEGMENT_CONFLICT,
+                   f"{where}, in use by {nattch} attached process(es), created by pid {creator}."
+                   " Is processa already running? Stop it first, or pick another key with"
+                   " --proj-id")
+
+
+def process_exists(pid: int) -> bool:
+    """Tell whether a process with this pid exists (kill(2) with signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, but belongs to someone else
+    return True
+
+
+def user_name(uid: int) -> str:
+    """Return the login name for uid, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    """Return the name of group gid, or the number when it has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def create_segment(key: int, size: int, mode: int) -> Segment:
+    """Create the segment at key, first removing one a crashed processa left there."""
+    for _ in range(3):
+        try:
+            return Segment.create(key, size, mode)
+        except FileExistsError:
+            pass
+        try:
+            shmid = remove_leftover(key)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
+                raise
+            continue  # it went away while we looked: another processa removed it
+        log.warning("removed shmid %d, left at key %s by a processa that did not clean up",
+                    shmid, show_key(key))
+    raise Refused(ExitCode.SEGMENT_CONFLICT, f"segments keep appearing at key {show_key(key)};"
+                  " pick another key with --proj-id")
 
 
 # ======================================================================================
-# Part III. Plumbing
+# Part IV. Plumbing
 #
 # What the programs need around the channel: logging, the standard streams,
 # command-line options, and this file's own command line, a small ipcs/ipcrm.
@@ -1737,7 +1751,7 @@ def proj_id_argument(text: str) -> int:
     return value
 
 
-# The segment header (section 10) stores the slot size in 32 bits, so a
+# The segment header (section 9) stores the slot size in 32 bits, so a
 # larger segment could not be laid out, however much memory the kernel allows.
 LAYOUT_MAX_SIZE = 0xFFFFFFFF  # bytes: 4 GiB - 1
 
@@ -2337,7 +2351,7 @@ def command_chmod(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-# --- 18. The entry point ------------------------------------------------------------------
+# --- 18. The entry point --------------------------------------------------------------
 
 
 def parse_command_line(argv: list[str] | None) -> argparse.Namespace:

@@ -583,28 +583,30 @@ test_stale_segment_after_kill_9_is_replaced_with_a_warning() {
     message_gets_through a2 "after the crash"
 }
 
+# leftover_is_replaced DATA: a segment holding DATA at offset 0, nobody
+# attached, is taken for a crashed processa's and replaced, with a warning.
+leftover_is_replaced() {
+    next_key
+    local left
+    left=$(make_segment "$1") && shmids+=("$left")
+    start_reader a || return 1
+    must "a warning that shmid $left was removed" logged a "removed shmid $left," || return 1
+}
+
 test_a_leftover_of_an_older_layout_counts_as_stale() {
     # A processa of the version before ours (layout 2: magic shmm.py2, a
     # 64-byte header) killed with kill -9 left this; an upgrade must not
     # turn it into a segment that nobody may remove.
-    next_key
-    local older
-    older=$(make_segment "shmm.py2") && shmids+=("$older")
-    start_reader a || return 1
-    must "a warning that shmid $older was removed" logged a "removed shmid $older," || return 1
+    leftover_is_replaced "shmm.py2" || return 1
     message_gets_through a "after the upgrade" || return 1
     next_key
-    older=$(make_segment "shmm.py2") && shmids+=("$older")
+    shmids+=("$(make_segment "shmm.py2")")
     "$PYTHON" "$here/shmm.py" clean --path "$work" --proj-id "$proj" 2>"$work/clean.err"
     must "shmm.py clean to remove it as well" no_segment
 }
 
 test_all_zero_segment_whose_creator_is_gone_counts_as_stale() {
-    next_key
-    local zeros
-    zeros=$(make_segment "") && shmids+=("$zeros")
-    start_reader a || return 1
-    must "a warning that shmid $zeros was removed" logged a "removed shmid $zeros," || return 1
+    leftover_is_replaced "" || return 1
     kill -TERM "${pid[a]}"
     finish a 143
 }
@@ -714,14 +716,19 @@ test_processb_reports_a_killed_processa_and_detaches() {
 # sem_timedwait on one of the segment's counts, its spinning given up.
 asleep_on_a_count() { grep -q futex "/proc/${pid[$1]}/wchan" 2>/dev/null; }
 
-test_kill_9_of_processb_while_processa_sleeps_on_the_count_is_noticed() {
+# one_line_sent_from_a_terminal: processa runs, and processb, whose stdin
+# stays open on $input as a terminal's would, has sent it the line "one".
+one_line_sent_from_a_terminal() {
     next_key
     start_reader a || return 1
     open_input b
     start b processb.py <"$work/b.in"
     echo "one" >&"$input"
-    must "the line to arrive" wait_for grep -q -x "Message received: one" "$work/a.out" ||
-        return 1
+    must "the line to arrive" wait_for grep -q -x "Message received: one" "$work/a.out"
+}
+
+test_kill_9_of_processb_while_processa_sleeps_on_the_count_is_noticed() {
+    one_line_sent_from_a_terminal || return 1
     must "processa to sleep on the count of full slots" wait_for asleep_on_a_count a || return 1
     kill -KILL "${pid[b]}"
     finish b 137 && finish a 7 || return 1
@@ -732,13 +739,7 @@ test_kill_9_of_processb_while_processa_sleeps_on_the_count_is_noticed() {
 }
 
 test_kill_9_of_processa_while_processb_waits_for_a_free_slot_is_noticed() {
-    next_key
-    start_reader a || return 1
-    open_input b
-    start b processb.py <"$work/b.in"
-    echo "one" >&"$input"
-    must "the line to arrive" wait_for grep -q -x "Message received: one" "$work/a.out" ||
-        return 1
+    one_line_sent_from_a_terminal || return 1
     kill -STOP "${pid[a]}"
     echo "two" >&"$input" # fills the one slot: processb then waits for it back
     must "processb to sleep on the count of free slots" wait_for asleep_on_a_count b || return 1
