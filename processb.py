@@ -378,13 +378,11 @@ def send_bytes(writer: shmm.Writer) -> int:
 
 def read_stdin(room: memoryview) -> int:
     """Read what stdin has into room, up to its size; return how much, 0 at its end."""
-    waiting = select.poll()
-    waiting.register(0, select.POLLIN)
     while True:
         try:
             return os.readv(0, [room])
         except BlockingIOError:  # EAGAIN: stdin is non-blocking and has nothing yet
-            waiting.poll()
+            select.select([0], [], [])  # until it has
         except OSError as err:
             raise Refused(ExitCode.FAILURE,
                           f"reading stdin: {shmm.describe_errno(err)}") from None

@@ -1168,6 +1168,35 @@ sys.exit(reader.wait() or writer.wait() or received.count(b"\n") != 200000)' \
     must "every line through a non-blocking stdout, both ending well" [ $? == 0 ]
 }
 
+test_processb_waits_out_a_non_blocking_stdin_in_both_modes() {
+    # A stdin left non-blocking by whoever feeds it: EAGAIN means "nothing yet",
+    # not an error, in text mode and in --raw alike.
+    local mode
+    for mode in "" --raw; do
+        next_key
+        py 'import os, subprocess, sys, time
+here, work, proj, mode = sys.argv[1:5]
+common = ["--path", work, "--proj-id", proj, "-q", *([mode] if mode else [])]
+reader = subprocess.Popen([sys.executable, f"{here}/processa.py", *common],
+                          stdout=subprocess.PIPE)
+out, into = os.pipe()
+os.set_blocking(out, False)
+writer = subprocess.Popen([sys.executable, f"{here}/processb.py", *common], stdin=out)
+os.close(out)
+numbers = range(3000)
+sent = b"".join(b"%d\n" % n for n in numbers)
+for start in range(0, len(sent), 1000):
+    os.write(into, sent[start:start + 1000])
+    time.sleep(0.01)  # slower than processb reads: it meets an empty stdin
+os.close(into)
+printed = sent if mode else b"".join(b"Message received: %d\n" % n for n in numbers)
+received = reader.stdout.read()
+sys.exit(reader.wait() or writer.wait() or received != printed)' \
+            "$here" "$work" "$proj" "$mode"
+        must "all of stdin through a non-blocking stdin (${mode:-text})" [ $? == 0 ] || return 1
+    done
+}
+
 # --- Integrity: nothing lost silently, nothing removed that is not ours ------------
 
 # stream_is_cut MODE: processb streams endless input (MODE: lines or --raw)
